@@ -1,0 +1,128 @@
+//! Atomic outputs: everything awqc writes goes to a staging directory next to the destination and
+//! is renamed into place only when complete, so an error or a kill never leaves a half-written
+//! output under the final name.
+
+use crate::error::{Error, IoContext, Result};
+use std::path::{Path, PathBuf};
+
+/// A directory being written. Dropped without [`StagedDir::commit`], it is removed.
+pub struct StagedDir {
+    final_path: PathBuf,
+    tmp: PathBuf,
+    committed: bool,
+}
+
+impl StagedDir {
+    /// Start writing `final_path`. Fails if it exists (unless `force`), or if its parent is not
+    /// writable (checked by creating the staging directory right away, before any work is done).
+    pub fn create(final_path: &Path, force: bool) -> Result<Self> {
+        if final_path.exists() && !force {
+            return Err(Error::usage(format!(
+                "{}: output path exists (pass --force to replace it)",
+                final_path.display()
+            )));
+        }
+        let parent = parent_of(final_path);
+        if !parent.exists() {
+            std::fs::create_dir_all(&parent).at(parent.display())?;
+        }
+        let name = final_path
+            .file_name()
+            .ok_or_else(|| Error::usage(format!("{}: not a valid output path", final_path.display())))?
+            .to_string_lossy()
+            .to_string();
+        let tmp = parent.join(format!(".{name}.awqc-tmp-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).at(tmp.display())?;
+        }
+        std::fs::create_dir(&tmp).map_err(|e| {
+            Error::io(format!("{} (output directory not writable)", parent.display()), e)
+        })?;
+        Ok(StagedDir { final_path: final_path.to_path_buf(), tmp, committed: false })
+    }
+
+    /// Where to write the files now.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Move the finished directory into place (replacing an existing one when forced).
+    pub fn commit(mut self) -> Result<()> {
+        if self.final_path.exists() {
+            let old = self.tmp.with_extension("old");
+            std::fs::rename(&self.final_path, &old).at(self.final_path.display())?;
+            std::fs::rename(&self.tmp, &self.final_path).at(self.final_path.display())?;
+            if old.is_dir() {
+                std::fs::remove_dir_all(&old).at(old.display())?;
+            } else {
+                std::fs::remove_file(&old).at(old.display())?;
+            }
+        } else {
+            std::fs::rename(&self.tmp, &self.final_path).at(self.final_path.display())?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Write one file atomically: a temporary sibling, fsync'd, then renamed over `path`.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let parent = parent_of(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.awqc-tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).at(tmp.display())?;
+    f.write_all(bytes).at(tmp.display())?;
+    f.sync_all().at(tmp.display())?;
+    drop(f);
+    std::fs::rename(&tmp, path).at(path.display())
+}
+
+fn parent_of(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncommitted_dir_is_removed_and_existing_needs_force() {
+        let base = std::env::temp_dir().join(format!("awqc-fsutil-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let out = base.join("out");
+        {
+            let d = StagedDir::create(&out, false).unwrap();
+            std::fs::write(d.path().join("a"), b"x").unwrap();
+        }
+        assert!(!out.exists());
+        assert_eq!(std::fs::read_dir(&base).unwrap().count(), 0, "staging dir left behind");
+        let d = StagedDir::create(&out, false).unwrap();
+        std::fs::write(d.path().join("a"), b"x").unwrap();
+        d.commit().unwrap();
+        assert!(out.join("a").exists());
+        let e = StagedDir::create(&out, false).err().unwrap();
+        assert!(e.msg.contains("--force"), "{}", e.msg);
+        let d = StagedDir::create(&out, true).unwrap();
+        std::fs::write(d.path().join("b"), b"y").unwrap();
+        d.commit().unwrap();
+        assert!(out.join("b").exists() && !out.join("a").exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

@@ -1,0 +1,17 @@
+//! awqc: an offline AWQ quantization and model-conversion compiler.
+//!
+//! The modules follow the pipeline: model I/O (`model`, `formats`), data (`data`), calibration,
+//! search and quantization (`quant`), the inference engine (`engine`), and the command line (`cli`).
+
+pub mod error;
+pub mod fsutil;
+pub mod progress;
+pub mod tensor;
+
+pub mod data;
+pub mod engine;
+pub mod formats;
+pub mod model;
+pub mod quant;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("awqc: CLI under construction");
+    std::process::exit(1);
+}

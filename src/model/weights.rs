@@ -1,0 +1,206 @@
+//! Reading safetensors checkpoints: single file or sharded (`model.safetensors.index.json`),
+//! memory-mapped, with dtype conversion to f32 on access. Only the tensor asked for is touched,
+//! so a model larger than RAM can be read one decoder layer at a time.
+
+use crate::error::{Error, IoContext, Result};
+use crate::tensor::{DType, HostTensor};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensors};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Resolve `--model`: a local directory, or a hub id (`org/name`) found in the local Hugging Face
+/// cache (`$HF_HOME/hub`, never the network).
+pub fn resolve_model_path(arg: &str) -> Result<PathBuf> {
+    let p = Path::new(arg);
+    if p.exists() {
+        return Ok(p.to_path_buf());
+    }
+    let looks_like_id = arg.split('/').count() == 2 && !arg.starts_with('.') && !arg.starts_with('/');
+    if looks_like_id {
+        let cache = hf_hub::Cache::from_env();
+        if let Some(cfg) = cache.model(arg.to_string()).get("config.json") {
+            if let Some(dir) = cfg.parent() {
+                return Ok(dir.to_path_buf());
+            }
+        }
+        return Err(Error::input(
+            arg,
+            format!(
+                "not a local path, and not found in the Hugging Face cache at {} (awqc never downloads; \
+                 fetch it there first or pass a directory)",
+                cache.path().display()
+            ),
+        ));
+    }
+    Err(Error::input(arg, "no such file or directory"))
+}
+
+/// Where one tensor lives.
+#[derive(Debug, Clone)]
+pub struct TensorMeta {
+    pub dtype: StDtype,
+    pub shape: Vec<usize>,
+    file: usize,
+    /// Absolute byte range in the file.
+    start: usize,
+    end: usize,
+}
+
+/// A set of memory-mapped safetensors files addressed by tensor name.
+pub struct SafetensorsRepo {
+    files: Vec<(PathBuf, Mmap)>,
+    index: BTreeMap<String, TensorMeta>,
+}
+
+impl SafetensorsRepo {
+    /// Open the weights of a model directory: `model.safetensors.index.json` if present, else
+    /// `model.safetensors`, else every `*.safetensors` file in the directory.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index.exists() {
+            let bytes = std::fs::read(&index).at(index.display())?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::input(index.display(), format!("not valid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::input(index.display(), "missing object \"weight_map\""))?;
+            let mut names: Vec<String> = Vec::new();
+            for (tensor, file) in map {
+                let f = file.as_str().ok_or_else(|| {
+                    Error::input(index.display(), format!("weight_map entry {tensor:?} is not a file name"))
+                })?;
+                if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                    return Err(Error::input(index.display(), format!("weight_map file {f:?} is not a plain file name")));
+                }
+                if !names.iter().any(|n| n == f) {
+                    names.push(f.to_string());
+                }
+            }
+            names.sort();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else if dir.join("model.safetensors").exists() {
+            vec![dir.join("model.safetensors")]
+        } else {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+                .at(dir.display())?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().map(|x| x == "safetensors").unwrap_or(false))
+                .collect();
+            v.sort();
+            if v.is_empty() {
+                return Err(Error::input(dir.display(), "no *.safetensors weights found"));
+            }
+            v
+        };
+        Self::open_files(&files)
+    }
+
+    pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut index = BTreeMap::new();
+        for (fi, path) in paths.iter().enumerate() {
+            let f = std::fs::File::open(path).at(path.display())?;
+            // SAFETY: the mapping is read-only; awqc never writes to its inputs. A file truncated by
+            // another process while mapped is outside what any reader can defend against.
+            let mmap = unsafe { Mmap::map(&f) }.at(path.display())?;
+            let (n, meta): (usize, Metadata) = SafeTensors::read_metadata(&mmap)
+                .map_err(|e| Error::input(path.display(), format!("invalid safetensors file: {e}")))?;
+            let base = 8 + n;
+            for (name, info) in meta.tensors() {
+                let (s, e) = info.data_offsets;
+                let m = TensorMeta {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    file: fi,
+                    start: base + s,
+                    end: base + e,
+                };
+                if index.insert(name.clone(), m).is_some() {
+                    return Err(Error::input(path.display(), format!("tensor {name:?} appears in more than one file")));
+                }
+            }
+            files.push((path.clone(), mmap));
+        }
+        Ok(SafetensorsRepo { files, index })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(|s| s.as_str())
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+    pub fn meta(&self, name: &str) -> Option<&TensorMeta> {
+        self.index.get(name)
+    }
+    /// Path of the file holding `name` (for error messages).
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.index.get(name).map(|m| self.files[m.file].0.as_path())
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        let file = self.files.first().map(|f| f.0.display().to_string()).unwrap_or_default();
+        Error::input(file, format!("tensor {name:?} not found"))
+    }
+
+    /// Raw little-endian bytes and metadata of a tensor of any dtype.
+    pub fn raw(&self, name: &str) -> Result<(&TensorMeta, &[u8])> {
+        let m = self.index.get(name).ok_or_else(|| self.missing(name))?;
+        Ok((m, &self.files[m.file].1[m.start..m.end]))
+    }
+
+    /// A floating-point tensor converted to f32.
+    pub fn get_f32(&self, name: &str) -> Result<HostTensor> {
+        let (m, bytes) = self.raw(name)?;
+        let dt = match m.dtype {
+            StDtype::F32 => DType::F32,
+            StDtype::F16 => DType::F16,
+            StDtype::BF16 => DType::BF16,
+            other => {
+                return Err(Error::input(
+                    self.files[m.file].0.display(),
+                    format!("tensor {name:?} has dtype {other:?}; expected F32, F16 or BF16"),
+                ))
+            }
+        };
+        HostTensor::new(m.shape.clone(), dt.decode(bytes))
+    }
+
+    /// Like [`get_f32`](Self::get_f32), checking the shape.
+    pub fn get_f32_shaped(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let t = self.get_f32(name)?;
+        if t.shape != shape {
+            let file = self.file_of(name).map(|p| p.display().to_string()).unwrap_or_default();
+            return Err(Error::input(
+                file,
+                format!("tensor {name:?} has shape {:?}, expected {:?}", t.shape, shape),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// An `I32` tensor (AWQ qweight / qzeros).
+    pub fn get_i32(&self, name: &str, shape: &[usize]) -> Result<Vec<i32>> {
+        let (m, bytes) = self.raw(name)?;
+        let file = self.files[m.file].0.display().to_string();
+        if m.dtype != StDtype::I32 {
+            return Err(Error::input(file, format!("tensor {name:?} has dtype {:?}; expected I32", m.dtype)));
+        }
+        if m.shape != shape {
+            return Err(Error::input(file, format!("tensor {name:?} has shape {:?}, expected {:?}", m.shape, shape)));
+        }
+        Ok(bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    /// The floating dtype most tensors are stored in (for reporting).
+    pub fn main_dtype(&self) -> Option<StDtype> {
+        let mut counts: BTreeMap<String, (usize, StDtype)> = BTreeMap::new();
+        for m in self.index.values() {
+            let e = counts.entry(format!("{:?}", m.dtype)).or_insert((0, m.dtype));
+            e.0 += m.end - m.start;
+        }
+        counts.values().max_by_key(|(n, _)| *n).map(|(_, d)| *d)
+    }
+}

@@ -1,0 +1,247 @@
+//! The group-wise asymmetric integer quantizer: the one place that defines q, zero and scale
+//! (awq-reference §5). Everything else (fake quantization in the search, packing, export) calls it.
+//!
+//! For each output row n and each group of `g` consecutive input channels:
+//! ```text
+//! scale = f16( max(max(w) - min(w), 1e-5) / (2^b - 1) )     rounded to f16 *before* use
+//! zero  = clamp( -round(min(w) / scale), 0, 2^b - 1 )
+//! q     = clamp( round(w / scale) + zero, 0, 2^b - 1 )
+//! ŵ     = (q - zero) * scale
+//! ```
+//! `round` is round-half-to-even (torch.round). Computing zero and q with the f16 scale makes the
+//! stored (q, zero, scale) reproduce exactly what a kernel dequantizes.
+
+use crate::error::{Error, Result};
+use crate::tensor::HostTensor;
+use half::f16;
+use rayon::prelude::*;
+
+/// Bits and group size of the weight quantizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantParams {
+    pub bits: u32,
+    pub group: usize,
+}
+
+impl QuantParams {
+    pub fn new(bits: u32, group: usize) -> Result<Self> {
+        if !(2..=8).contains(&bits) {
+            return Err(Error::usage(format!("--w-bits {bits} is not supported (2..=8; packed formats need 4)")));
+        }
+        if group == 0 || group % 8 != 0 {
+            return Err(Error::usage(format!("--w-group-size {group} must be a positive multiple of 8")));
+        }
+        Ok(QuantParams { bits, group })
+    }
+    pub fn max_q(&self) -> u32 {
+        (1 << self.bits) - 1
+    }
+    /// Check that the group size divides `k` (the in_features of `layer`); the error lists the
+    /// group sizes that would work.
+    pub fn check_divides(&self, layer: &str, k: usize) -> Result<()> {
+        if k % self.group != 0 {
+            let ok: Vec<String> =
+                [32usize, 64, 128, 256].iter().filter(|g| k % **g == 0).map(|g| g.to_string()).collect();
+            return Err(Error::usage(format!(
+                "--w-group-size {}: does not divide the input size {} of {}; group sizes that work: {}",
+                self.group,
+                k,
+                layer,
+                if ok.is_empty() { "none of 32/64/128/256".to_string() } else { ok.join(", ") }
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Round half to even, as torch.round does (f32::round rounds half away from zero).
+#[inline]
+pub fn round_half_even(x: f32) -> f32 {
+    x.round_ties_even()
+}
+
+/// Scale (already rounded to f16) and integer zero point of one group of weights.
+#[inline]
+pub fn group_params(vals: &[f32], max_q: u32) -> (f16, u8) {
+    let mut lo = f32::INFINITY;
+    let mut hi = f32::NEG_INFINITY;
+    for &v in vals {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    let scale = f16::from_f32((hi - lo).max(1e-5) / max_q as f32);
+    let s = scale.to_f32();
+    let zero = (-round_half_even(lo / s)).clamp(0.0, max_q as f32);
+    (scale, zero as u8)
+}
+
+/// Integer code of one weight given its group's f16 scale and zero point.
+#[inline]
+pub fn quantize_value(w: f32, scale: f32, zero: u8, max_q: u32) -> u8 {
+    (round_half_even(w / scale) + zero as f32).clamp(0.0, max_q as f32) as u8
+}
+
+/// Dequantized value of one code.
+#[inline]
+pub fn dequantize_value(q: u8, scale: f16, zero: u8) -> f32 {
+    (q as f32 - zero as f32) * scale.to_f32()
+}
+
+/// A quantized `nn.Linear`: codes, zero points and f16 scales in the natural `[N, K]` orientation
+/// (row = output channel). The exporters transpose and pack from here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedLinear {
+    /// out_features
+    pub n: usize,
+    /// in_features
+    pub k: usize,
+    pub params: QuantParams,
+    /// `[N, K]` codes in `0..=2^b-1`.
+    pub q: Vec<u8>,
+    /// `[N, K/g]` integer zero points.
+    pub zeros: Vec<u8>,
+    /// `[N, K/g]` scales.
+    pub scales: Vec<f16>,
+    /// `[N]`, kept in full precision (written as f16 by the exporters).
+    pub bias: Option<Vec<f32>>,
+}
+
+impl QuantizedLinear {
+    /// Quantize a `[N, K]` weight. `name` is used in errors. Rows are independent, so the result
+    /// does not depend on the thread count.
+    pub fn quantize(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams) -> Result<Self> {
+        let (n, k) = w.dims2();
+        p.check_divides(name, k)?;
+        if let Some(i) = w.data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::input(name, format!("weight has a non-finite value {} at flat index {i}", w.data[i])));
+        }
+        let g = p.group;
+        let groups = k / g;
+        let max_q = p.max_q();
+        let mut q = vec![0u8; n * k];
+        let mut zeros = vec![0u8; n * groups];
+        let mut scales = vec![f16::ZERO; n * groups];
+        q.par_chunks_mut(k)
+            .zip(zeros.par_chunks_mut(groups))
+            .zip(scales.par_chunks_mut(groups))
+            .enumerate()
+            .for_each(|(row, ((qr, zr), sr))| {
+                let wr = &w.data[row * k..(row + 1) * k];
+                for gi in 0..groups {
+                    let vals = &wr[gi * g..(gi + 1) * g];
+                    let (s, z) = group_params(vals, max_q);
+                    sr[gi] = s;
+                    zr[gi] = z;
+                    let sf = s.to_f32();
+                    for (dst, &v) in qr[gi * g..(gi + 1) * g].iter_mut().zip(vals) {
+                        *dst = quantize_value(v, sf, z, max_q);
+                    }
+                }
+            });
+        if let Some(i) = scales.iter().position(|s| !s.is_finite()) {
+            return Err(Error::input(
+                name,
+                format!("group scale overflows f16 at row {}, group {} (weights too large for f16)", i / groups, i % groups),
+            ));
+        }
+        Ok(QuantizedLinear { n, k, params: p, q, zeros, scales, bias })
+    }
+
+    pub fn groups(&self) -> usize {
+        self.k / self.params.group
+    }
+
+    /// `[N, K]` dequantized weight: `(q - zero) * scale`.
+    pub fn dequantize(&self) -> HostTensor {
+        let (k, g, groups) = (self.k, self.params.group, self.groups());
+        let mut out = vec![0f32; self.n * k];
+        out.par_chunks_mut(k).enumerate().for_each(|(row, o)| {
+            for gi in 0..groups {
+                let s = self.scales[row * groups + gi];
+                let z = self.zeros[row * groups + gi];
+                for c in gi * g..(gi + 1) * g {
+                    o[c] = dequantize_value(self.q[row * k + c], s, z);
+                }
+            }
+        });
+        HostTensor { shape: vec![self.n, k], data: out }
+    }
+}
+
+/// Fake quantization `W -> Q(W)` of a row-major `[rows, k]` buffer in place (quantize, then
+/// dequantize), used by the scale and clip searches. Same arithmetic as [`QuantizedLinear`].
+pub fn fake_quantize_inplace(w: &mut [f32], k: usize, p: QuantParams) {
+    let g = p.group;
+    let max_q = p.max_q();
+    w.par_chunks_mut(k).for_each(|row| {
+        for vals in row.chunks_mut(g) {
+            let (s, z) = group_params(vals, max_q);
+            let sf = s.to_f32();
+            for v in vals.iter_mut() {
+                let qv = quantize_value(*v, sf, z, max_q);
+                *v = (qv as f32 - z as f32) * sf;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference quantizer written independently in f64 with explicit half-even rounding.
+    fn reference(vals: &[f32], bits: u32) -> (f32, f64, Vec<f64>) {
+        let max_q = ((1u32 << bits) - 1) as f64;
+        let lo = vals.iter().cloned().fold(f32::INFINITY, f32::min) as f64;
+        let hi = vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        // f32 arithmetic for the raw scale as the spec says, then f16 rounding.
+        let raw = ((hi - lo) as f32).max(1e-5) / max_q as f32;
+        let s = half::f16::from_f32(raw).to_f32();
+        let rne = |x: f64| {
+            let f = x.floor();
+            let d = x - f;
+            if d > 0.5 || (d == 0.5 && (f as i64) % 2 != 0) { f + 1.0 } else { f }
+        };
+        let z = (-rne((lo as f32 / s) as f64)).clamp(0.0, max_q);
+        let q = vals.iter().map(|&v| (rne((v / s) as f64) + z).clamp(0.0, max_q)).collect();
+        (s, z, q)
+    }
+
+    #[test]
+    fn matches_reference_and_rounds_half_even() {
+        assert_eq!(round_half_even(2.5), 2.0);
+        assert_eq!(round_half_even(3.5), 4.0);
+        assert_eq!(round_half_even(-2.5), -2.0);
+        let mut seed = 12345u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        };
+        let (n, k) = (7, 256);
+        let w = HostTensor::from_fn(&[n, k], |i| rnd() * if i % 97 == 0 { 8.0 } else { 1.0 });
+        let p = QuantParams::new(4, 64).unwrap();
+        let ql = QuantizedLinear::quantize("t", &w, None, p).unwrap();
+        for row in 0..n {
+            for gi in 0..k / 64 {
+                let vals = &w.data[row * k + gi * 64..row * k + (gi + 1) * 64];
+                let (s, z, q) = reference(vals, 4);
+                assert_eq!(ql.scales[row * 4 + gi].to_f32(), s);
+                assert_eq!(ql.zeros[row * 4 + gi] as f64, z);
+                for c in 0..64 {
+                    assert_eq!(ql.q[row * k + gi * 64 + c] as f64, q[c]);
+                }
+            }
+        }
+        // Fake quantization equals dequantize(quantize(w)).
+        let mut fq = w.data.clone();
+        fake_quantize_inplace(&mut fq, k, p);
+        assert_eq!(fq, ql.dequantize().data);
+    }
+
+    #[test]
+    fn group_must_divide() {
+        let p = QuantParams::new(4, 128).unwrap();
+        let e = p.check_divides("model.layers.0.self_attn.q_proj", 576).unwrap_err();
+        assert!(e.msg.contains("576") && e.msg.contains("32, 64"), "{}", e.msg);
+    }
+}
