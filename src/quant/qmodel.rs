@@ -65,3 +65,47 @@ impl QuantizedModel {
         sink.finish()
     }
 }
+
+/// A sink that keeps the quantized model in memory (tests, small models, format conversion).
+#[derive(Default)]
+pub struct CollectSink {
+    pub model: Option<QuantizedModel>,
+}
+
+impl QuantSink for CollectSink {
+    fn begin(&mut self, config: &ModelConfig, params: QuantParams, globals: &GlobalWeights) -> Result<()> {
+        self.model = Some(QuantizedModel { config: config.clone(), params, globals: globals.clone(), layers: Vec::new() });
+        Ok(())
+    }
+    fn write_layer(&mut self, index: usize, layer: &QuantizedLayer) -> Result<()> {
+        let m = self.model.as_mut().ok_or_else(|| crate::error::Error::internal("write_layer before begin"))?;
+        if index != m.layers.len() {
+            return Err(crate::error::Error::internal(format!("layer {index} written out of order")));
+        }
+        m.layers.push(layer.clone());
+        Ok(())
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl QuantizedModel {
+    /// Dequantized layer `i` in canonical full-precision form (for the engine and for checks).
+    pub fn dequantized_layer(&self, i: usize) -> crate::model::arch::LayerWeights {
+        use crate::model::arch::{LayerWeights, Linear};
+        let l = &self.layers[i];
+        let lin = |q: &QuantizedLinear| Linear { w: q.dequantize(), b: q.bias.clone() };
+        LayerWeights {
+            attn_norm: l.attn_norm.clone(),
+            q: lin(&l.q),
+            k: lin(&l.k),
+            v: lin(&l.v),
+            o: lin(&l.o),
+            mlp_norm: l.mlp_norm.clone(),
+            gate: lin(&l.gate),
+            up: lin(&l.up),
+            down: lin(&l.down),
+        }
+    }
+}

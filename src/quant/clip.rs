@@ -1,0 +1,134 @@
+//! Weight clipping search (auto_clip, awq-reference §4): for every (output row, group) pick the
+//! clipping threshold `m = absmax·(1 - i/n_grid)`, i < max_shrink·n_grid, that minimises the error
+//! of the group's partial dot products with the (scaled) calibration inputs after fake
+//! quantization. q/k projections are not clipped (the QK product makes the error measure poor).
+
+use crate::engine::llama::{download, upload};
+use crate::quant::int4::{fake_quantize_inplace, QuantParams};
+use crate::tensor::HostTensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::Serialize;
+
+pub const N_GRID: usize = 20;
+pub const MAX_SHRINK: f64 = 0.5;
+pub const N_SAMPLE_TOKENS: usize = 512;
+/// Output channels processed per device batch (bounds the `[G, T', N_b]` buffers).
+const ROW_BATCH: usize = 1024;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipResult {
+    pub linear: &'static str,
+    /// Mean of chosen threshold / group absmax over all (row, group).
+    pub mean_ratio: f64,
+    /// Fraction of (row, group) that were clipped at all.
+    pub clipped_fraction: f64,
+    pub seconds: f64,
+}
+
+/// Every `step`-th token of a `[T, K]` input, `step = max(1, T / 512)` (AutoAWQ's subsampling).
+pub fn subsample_tokens(x: &[f32], k: usize) -> (Vec<f32>, usize) {
+    let t = x.len() / k;
+    let step = (t / N_SAMPLE_TOKENS).max(1);
+    let rows: Vec<usize> = (0..t).step_by(step).collect();
+    let mut out = Vec::with_capacity(rows.len() * k);
+    for r in &rows {
+        out.extend_from_slice(&x[r * k..(r + 1) * k]);
+    }
+    (out, rows.len())
+}
+
+/// Search and apply clipping to `w` (`[N, K]`, modified in place) given subsampled inputs `xs`
+/// (`[T', K]`, row-major).
+pub fn clip_linear<B: Backend>(
+    name: &'static str,
+    w: &mut HostTensor,
+    xs: &[f32],
+    t: usize,
+    p: QuantParams,
+    dev: &B::Device,
+) -> ClipResult {
+    let start = std::time::Instant::now();
+    let (n, k) = w.dims2();
+    let g = p.group;
+    let groups = k / g;
+    // Inputs regrouped to [G, T', g] so that one batched matmul gives all partial dot products.
+    let mut xg = vec![0f32; groups * t * g];
+    for ti in 0..t {
+        for gi in 0..groups {
+            xg[(gi * t + ti) * g..(gi * t + ti + 1) * g].copy_from_slice(&xs[ti * k + gi * g..ti * k + (gi + 1) * g]);
+        }
+    }
+    let xg: Tensor<B, 3> = upload(xg, [groups, t, g], dev);
+    let absmax: Vec<f32> = w.data.chunks(g).map(|v| v.iter().fold(0f32, |m, x| m.max(x.abs()))).collect(); // [N*G]
+    let mut best_max = absmax.clone();
+    let steps = (MAX_SHRINK * N_GRID as f64) as usize;
+    for r0 in (0..n).step_by(ROW_BATCH) {
+        let r1 = (r0 + ROW_BATCH).min(n);
+        let nb = r1 - r0;
+        // W rows [r0, r1) as per-group right operands [G, g, nb].
+        let to_groups = |rows: &[f32]| -> Tensor<B, 3> {
+            let mut buf = vec![0f32; groups * g * nb];
+            for (ri, row) in rows.chunks(k).enumerate() {
+                for c in 0..k {
+                    let (gi, j) = (c / g, c % g);
+                    buf[(gi * g + j) * nb + ri] = row[c];
+                }
+            }
+            upload(buf, [groups, g, nb], dev)
+        };
+        let rows = &w.data[r0 * k..r1 * k];
+        let org = xg.clone().matmul(to_groups(rows)); // [G, T', nb]
+        let mut min_err = vec![f64::INFINITY; nb * groups];
+        for i in 0..steps {
+            let shrink = 1.0 - i as f32 / N_GRID as f32;
+            let mut cur = rows.to_vec();
+            for (ri, row) in cur.chunks_mut(k).enumerate() {
+                for (gi, vals) in row.chunks_mut(g).enumerate() {
+                    let m = absmax[(r0 + ri) * groups + gi] * shrink;
+                    for v in vals {
+                        *v = v.clamp(-m, m);
+                    }
+                }
+            }
+            fake_quantize_inplace(&mut cur, k, p);
+            let out = xg.clone().matmul(to_groups(&cur));
+            // err[gi, ri] = mean over tokens of the squared partial-sum error.
+            let err = download((out - org.clone()).powi_scalar(2).sum_dim(1)); // [G, 1, nb]
+            for gi in 0..groups {
+                for ri in 0..nb {
+                    let e = err[gi * nb + ri] as f64 / t as f64;
+                    let idx = ri * groups + gi;
+                    if e < min_err[idx] {
+                        min_err[idx] = e;
+                        best_max[(r0 + ri) * groups + gi] = absmax[(r0 + ri) * groups + gi] * shrink;
+                    }
+                }
+            }
+        }
+    }
+    // Apply: clamp each (row, group) to its best threshold.
+    let mut ratio_sum = 0f64;
+    let mut clipped = 0usize;
+    for (idx, vals) in w.data.chunks_mut(g).enumerate() {
+        let m = best_max[idx];
+        if absmax[idx] > 0.0 {
+            ratio_sum += (m / absmax[idx]) as f64;
+        } else {
+            ratio_sum += 1.0;
+        }
+        if m < absmax[idx] {
+            clipped += 1;
+        }
+        for v in vals {
+            *v = v.clamp(-m, m);
+        }
+    }
+    let cells = (n * groups).max(1);
+    ClipResult {
+        linear: name,
+        mean_ratio: ratio_sum / cells as f64,
+        clipped_fraction: clipped as f64 / cells as f64,
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}

@@ -1,0 +1,412 @@
+//! The layer-by-layer quantization job.
+//!
+//! For each decoder layer, with only that layer's weights and calibration inputs in memory:
+//! 1. run the full-precision layer on the calibration stream, capturing every linear's input and
+//!    advancing the stream (so every layer sees inputs from the unquantized model);
+//! 2. search the scales of every input group on the unmodified layer (`--mode awq`), or compute
+//!    lmdeploy's smoothing scales (`--mode lmdeploy`);
+//! 3. fold the scales into norms / producer linears and divide the cached inputs by them;
+//! 4. search weight clipping on the scaled inputs (awq mode, not q/k);
+//! 5. quantize the seven linears and hand the layer to the sink (the exporters).
+//! Without calibration data (`--calib-samples 0`) the weights are quantized round-to-nearest.
+
+use crate::engine::llama::{upload, Attention, LinearB, Mlp};
+use crate::error::{Error, Result};
+use crate::model::arch::{self, GlobalWeights, LayerWeights, LinearKind, ScaleGroup};
+use crate::model::config::ModelConfig;
+use crate::model::weights::SafetensorsRepo;
+use crate::quant::calibrate::{stats_of, to_host, FpChain, LayerInputs};
+use crate::quant::clip::{clip_linear, subsample_tokens, ClipResult};
+use crate::quant::fold::{fold_group, normalize_scales, zero_norm_channels};
+use crate::quant::int4::{QuantParams, QuantizedLinear};
+use crate::quant::qmodel::{QuantSink, QuantizedLayer};
+use crate::quant::search::{search_group, GroupSearch, Inspect};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+/// Where the full-precision weights come from, one layer at a time.
+pub trait LayerSource {
+    fn config(&self) -> &ModelConfig;
+    fn globals(&self) -> Result<GlobalWeights>;
+    fn layer(&self, i: usize) -> Result<LayerWeights>;
+}
+
+/// A Hugging Face model directory (safetensors, memory-mapped).
+pub struct HfSource {
+    pub config: ModelConfig,
+    pub repo: SafetensorsRepo,
+}
+
+impl HfSource {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config = crate::model::config::ModelConfig::from_file(&dir.join("config.json"))?;
+        if config.raw.get("quantization_config").is_some() {
+            return Err(Error::input(
+                dir.join("config.json").display(),
+                "the model is already quantized (config.json has quantization_config); quantize the full-precision model",
+            ));
+        }
+        let repo = SafetensorsRepo::open_dir(dir)?;
+        Ok(HfSource { config, repo })
+    }
+}
+
+impl LayerSource for HfSource {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    fn globals(&self) -> Result<GlobalWeights> {
+        arch::load_globals(&self.repo, &self.config)
+    }
+    fn layer(&self, i: usize) -> Result<LayerWeights> {
+        arch::load_layer(&self.repo, &self.config, i)
+    }
+}
+
+/// A model held in memory (tests, synthetic models).
+pub struct MemSource {
+    pub config: ModelConfig,
+    pub globals: GlobalWeights,
+    pub layers: Vec<LayerWeights>,
+}
+
+impl LayerSource for MemSource {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    fn globals(&self) -> Result<GlobalWeights> {
+        Ok(self.globals.clone())
+    }
+    fn layer(&self, i: usize) -> Result<LayerWeights> {
+        self.layers.get(i).cloned().ok_or_else(|| Error::internal(format!("no layer {i}")))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// AutoAWQ: per-group α grid search with the block-output loss, then clip search.
+    Awq,
+    /// lmdeploy `lite auto_awq`: fixed α = 0.5 smoothing from absmax (or `--search-scale`).
+    Lmdeploy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizeOptions {
+    pub mode: Mode,
+    #[serde(skip)]
+    pub params: QuantParams,
+    /// AutoAWQ duo scaling (`x^α / w^(1-α)`); off = llm-awq (`x^α`).
+    pub duo_scaling: bool,
+    /// Clip search (awq mode).
+    pub clip: bool,
+    /// lmdeploy mode: search the ratio per chunk of `batch_size` samples and average it.
+    pub search_scale: bool,
+    /// Calibration sequences per forward chunk (bounds the attention buffers; lmdeploy's
+    /// `--batch-size` chunking for `--search-scale`).
+    pub batch_size: usize,
+    pub n_grid: usize,
+}
+
+/// What happened in one layer.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LayerReport {
+    pub layer: usize,
+    pub groups: Vec<GroupSearch>,
+    pub clips: Vec<ClipResult>,
+    pub seconds: f64,
+}
+
+/// Wall time per pipeline step (seconds).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Timings {
+    pub load: f64,
+    pub calibration: f64,
+    pub search: f64,
+    pub clip: f64,
+    pub pack: f64,
+    pub export: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct QuantReport {
+    pub layers: Vec<LayerReport>,
+    pub timings: Timings,
+    pub calib_tokens: usize,
+    /// Floating-point operations of the search and clip forward passes (for GFLOP/s).
+    pub search_flops: f64,
+}
+
+fn check_finite(i: usize, w: &LayerWeights, c: &ModelConfig) -> Result<()> {
+    for k in LinearKind::ALL {
+        let l = w.linear(k);
+        if let Some(p) = l.w.data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::input(
+                format!("{}.weight", arch::linear_module(c.arch, i, k)),
+                format!("non-finite value {} at flat index {p}", l.w.data[p]),
+            ));
+        }
+        if let Some(b) = &l.b {
+            if b.iter().any(|v| !v.is_finite()) {
+                return Err(Error::input(format!("{}.bias", arch::linear_module(c.arch, i, k)), "non-finite value"));
+            }
+        }
+    }
+    let (n1, n2) = arch::norm_names(c.arch, i);
+    for (name, v) in [(n1, &w.attn_norm), (n2, &w.mlp_norm)] {
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(Error::input(name, "non-finite value"));
+        }
+    }
+    Ok(())
+}
+
+/// Check that the group size divides every linear's input size, naming the first that does not.
+pub fn check_group_size(c: &ModelConfig, p: QuantParams) -> Result<()> {
+    for k in LinearKind::ALL {
+        let (_, kk) = k.shape(c);
+        p.check_divides(&arch::linear_module(c.arch, 0, k), kk)?;
+    }
+    Ok(())
+}
+
+/// Quantize every linear of a (scaled, clipped) layer.
+pub fn quantize_layer(c: &ModelConfig, i: usize, w: &LayerWeights, p: QuantParams) -> Result<QuantizedLayer> {
+    let q = |k: LinearKind| {
+        let l = w.linear(k);
+        QuantizedLinear::quantize(&arch::linear_module(c.arch, i, k), &l.w, l.b.clone(), p)
+    };
+    Ok(QuantizedLayer {
+        attn_norm: w.attn_norm.clone(),
+        mlp_norm: w.mlp_norm.clone(),
+        q: q(LinearKind::Q)?,
+        k: q(LinearKind::K)?,
+        v: q(LinearKind::V)?,
+        o: q(LinearKind::O)?,
+        gate: q(LinearKind::Gate)?,
+        up: q(LinearKind::Up)?,
+        down: q(LinearKind::Down)?,
+    })
+}
+
+/// The FP block whose output a group's loss is measured on.
+fn inspector<B: Backend>(g: ScaleGroup, w: &LayerWeights, c: &ModelConfig, chain: &FpChain<B>) -> Inspect<B> {
+    let dev = &chain.device;
+    let lb = |l: &crate::model::arch::Linear| LinearB::from_host(l, dev);
+    match g {
+        ScaleGroup::AttnIn => Inspect::Attention {
+            block: Attention {
+                q: lb(&w.q),
+                k: lb(&w.k),
+                v: lb(&w.v),
+                o: lb(&w.o),
+                n_heads: c.num_attention_heads,
+                n_kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+            },
+            rope: chain.rope.clone(),
+            mask: chain.mask.clone(),
+        },
+        ScaleGroup::MlpIn => Inspect::Mlp(Mlp { gate: lb(&w.gate), up: lb(&w.up), down: lb(&w.down) }),
+        ScaleGroup::AttnOut => Inspect::Linear(lb(&w.o)),
+        ScaleGroup::MlpOut => Inspect::Linear(lb(&w.down)),
+    }
+}
+
+/// FLOPs of one forward of a group's inspected block over `t` tokens of `s` per sequence.
+fn block_flops(g: ScaleGroup, c: &ModelConfig, t: usize, s: usize) -> f64 {
+    let (h, i) = (c.hidden_size as f64, c.intermediate_size as f64);
+    let (q, kv) = (c.q_dim() as f64, c.kv_dim() as f64);
+    let t = t as f64;
+    match g {
+        // q, k, v, o projections + QKᵀ and PV over full (masked) score matrices.
+        ScaleGroup::AttnIn => 2.0 * t * (h * (q + 2.0 * kv) + q * h) + 4.0 * t * s as f64 * q,
+        ScaleGroup::AttnOut => 2.0 * t * q * h,
+        ScaleGroup::MlpIn => 2.0 * t * 3.0 * h * i,
+        ScaleGroup::MlpOut => 2.0 * t * i * h,
+    }
+}
+
+/// lmdeploy's smoothing scales for one group (awq-reference §2.5): `s = a^α / w_mean^(1-α)`
+/// (clamped at 1e-4), with lmdeploy's weight term (zero group max clamped to 1e-4).
+fn lmdeploy_scales(act: &[f64], consumers: &[&crate::tensor::HostTensor], group: usize, alpha: f64, fixed: Option<&[bool]>) -> Vec<f64> {
+    let k = act.len();
+    let mut wm = vec![0f64; k];
+    let mut rows = 0usize;
+    for w in consumers {
+        for row in w.data.chunks(k) {
+            for (gi, vals) in row.chunks(group).enumerate() {
+                let mut m = vals.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                if m == 0.0 {
+                    m = 1e-4;
+                }
+                for (j, &v) in vals.iter().enumerate() {
+                    wm[gi * group + j] += v.abs() as f64 / m;
+                }
+            }
+            rows += 1;
+        }
+    }
+    let mut wp: Vec<f64> = wm.iter().map(|v| (v / rows as f64).powf(1.0 - alpha)).collect();
+    if wp.iter().cloned().fold(f64::INFINITY, f64::min) == 0.0 {
+        for v in wp.iter_mut() {
+            *v = v.max(1e-4);
+        }
+    }
+    let mut s: Vec<f64> = act.iter().zip(&wp).map(|(a, w)| (a.powf(alpha) / w).max(1e-4)).collect();
+    normalize_scales(&mut s, fixed);
+    s
+}
+
+/// Divide cached input chunks by `s` (per channel), as the scaled model will see them.
+fn scale_inputs<B: Backend>(chunks: &mut [Tensor<B, 3>], s: &[f64], dev: &B::Device) {
+    let k = s.len();
+    let inv: Tensor<B, 3> = upload(s.iter().map(|&v| v as f32).collect(), [1, 1, k], dev);
+    for c in chunks.iter_mut() {
+        *c = c.clone() / inv.clone();
+    }
+}
+
+/// Run the whole job. `blocks` are the calibration token blocks (empty = RTN).
+pub fn quantize<B: Backend>(
+    src: &dyn LayerSource,
+    blocks: &[Vec<u32>],
+    opts: &QuantizeOptions,
+    sink: &mut dyn QuantSink,
+    dev: &B::Device,
+    mut on_layer: impl FnMut(&LayerReport),
+) -> Result<QuantReport> {
+    let c = src.config().clone();
+    let p = opts.params;
+    check_group_size(&c, p)?;
+    let mut rep = QuantReport { calib_tokens: blocks.iter().map(|b| b.len()).sum(), ..Default::default() };
+    let t0 = Instant::now();
+    let globals = src.globals()?;
+    rep.timings.load += t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    sink.begin(&c, p, &globals)?;
+    rep.timings.export += t0.elapsed().as_secs_f64();
+    let mut chain = if blocks.is_empty() {
+        None
+    } else {
+        let t0 = Instant::now();
+        let ch = FpChain::<B>::new(&c, &globals, blocks, opts.batch_size, dev)?;
+        rep.timings.calibration += t0.elapsed().as_secs_f64();
+        Some(ch)
+    };
+    drop(globals);
+    let tokens = rep.calib_tokens;
+    let seqlen = blocks.first().map(|b| b.len()).unwrap_or(0);
+
+    for i in 0..c.num_hidden_layers {
+        let layer_start = Instant::now();
+        let t0 = Instant::now();
+        let mut w = src.layer(i)?;
+        rep.timings.load += t0.elapsed().as_secs_f64();
+        check_finite(i, &w, &c)?;
+        let mut lr = LayerReport { layer: i, ..Default::default() };
+
+        if let Some(chain) = chain.as_mut() {
+            let t0 = Instant::now();
+            let mut ins: LayerInputs<B> = chain.step(i, &w)?;
+            rep.timings.calibration += t0.elapsed().as_secs_f64();
+
+            // 2. scales for every group, all computed on the unmodified layer.
+            let t0 = Instant::now();
+            let groups = ScaleGroup::for_model(&c);
+            let mut scales: Vec<(ScaleGroup, Vec<f64>)> = Vec::new();
+            for &g in &groups {
+                let consumers: Vec<(LinearKind, &crate::model::arch::Linear)> =
+                    g.consumers().iter().map(|&k| (k, w.linear(k))).collect();
+                let fixed = zero_norm_channels(&w, g);
+                let x = ins.group(g);
+                let stats = stats_of(x);
+                if let Some((ch, v)) = stats.first_non_finite() {
+                    return Err(Error::input(format!("layer {i}"), format!("non-finite activation statistic {v} in channel {ch} of the {} input", g.name())));
+                }
+                let s = match opts.mode {
+                    Mode::Awq => {
+                        let block = inspector(g, &w, &c, chain);
+                        let org: Vec<Tensor<B, 3>> = x.iter().map(|xc| block.forward(xc.clone())).collect();
+                        let gs = search_group(g, &consumers, &block, x, &org, &stats.absmean(), fixed.as_deref(), p, opts.duo_scaling, opts.n_grid, dev);
+                        rep.search_flops += (opts.n_grid + 2) as f64 * block_flops(g, &c, tokens, seqlen);
+                        if !gs.loss_best.is_finite() {
+                            return Err(Error::input(format!("layer {i}"), format!("scale search for {} found no finite loss (NaN/inf in the block output)", g.name())));
+                        }
+                        let s = gs.scales.clone();
+                        lr.groups.push(gs);
+                        s
+                    }
+                    Mode::Lmdeploy => {
+                        let ws: Vec<&crate::tensor::HostTensor> = consumers.iter().map(|(_, l)| &l.w).collect();
+                        if opts.search_scale {
+                            // Per-chunk ratio search, averaged; final scales from absmean.
+                            let block = inspector(g, &w, &c, chain);
+                            let mut ratio_sum = 0.0;
+                            let mut n = 0usize;
+                            for xc in x.iter() {
+                                let xs = std::slice::from_ref(xc);
+                                let org = vec![block.forward(xc.clone())];
+                                let st = stats_of(xs);
+                                let gs = search_group(g, &consumers, &block, xs, &org, &st.absmean(), fixed.as_deref(), p, true, opts.n_grid, dev);
+                                ratio_sum += gs.alpha;
+                                n += 1;
+                            }
+                            rep.search_flops += (opts.n_grid + 2) as f64 * block_flops(g, &c, tokens, seqlen);
+                            let alpha = ratio_sum / n.max(1) as f64;
+                            let s = lmdeploy_scales(&stats.absmean(), &ws, p.group, alpha, fixed.as_deref());
+                            lr.groups.push(GroupSearch { group: g.name(), alpha, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], scales: s.clone(), seconds: 0.0 });
+                            s
+                        } else {
+                            let s = lmdeploy_scales(&stats.absmax, &ws, p.group, 0.5, fixed.as_deref());
+                            lr.groups.push(GroupSearch { group: g.name(), alpha: 0.5, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], scales: s.clone(), seconds: 0.0 });
+                            s
+                        }
+                    }
+                };
+                if let Some(bad) = s.iter().find(|v| !v.is_finite() || **v <= 0.0) {
+                    return Err(Error::input(format!("layer {i}"), format!("invalid scale {bad} for group {}", g.name())));
+                }
+                scales.push((g, s));
+            }
+            // 3. fold, and make the cached inputs what the scaled linears will see.
+            for (g, s) in &scales {
+                fold_group(&mut w, *g, s);
+                scale_inputs(ins.group_mut(*g), s, dev);
+            }
+            rep.timings.search += t0.elapsed().as_secs_f64();
+
+            // 4. clip search: every linear but q and k.
+            if opts.mode == Mode::Awq && opts.clip {
+                let t0 = Instant::now();
+                for k in [LinearKind::V, LinearKind::O, LinearKind::Gate, LinearKind::Up, LinearKind::Down] {
+                    let x = to_host(ins.of(k));
+                    let kk = w.linear(k).w.dims2().1;
+                    let (xs, t) = subsample_tokens(&x, kk);
+                    drop(x);
+                    let (n, _) = w.linear(k).w.dims2();
+                    rep.search_flops += 2.0 * (crate::quant::clip::MAX_SHRINK * crate::quant::clip::N_GRID as f64 + 1.0) * (t * kk * n) as f64;
+                    let r = clip_linear::<B>(k.short(), &mut w.linear_mut(k).w, &xs, t, p, dev);
+                    lr.clips.push(r);
+                }
+                rep.timings.clip += t0.elapsed().as_secs_f64();
+            }
+        }
+
+        // 5. quantize and export.
+        let t0 = Instant::now();
+        let ql = quantize_layer(&c, i, &w, p)?;
+        rep.timings.pack += t0.elapsed().as_secs_f64();
+        drop(w);
+        let t0 = Instant::now();
+        sink.write_layer(i, &ql)?;
+        rep.timings.export += t0.elapsed().as_secs_f64();
+        lr.seconds = layer_start.elapsed().as_secs_f64();
+        on_layer(&lr);
+        rep.layers.push(lr);
+    }
+    Ok(rep)
+}

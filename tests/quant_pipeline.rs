@@ -1,0 +1,157 @@
+//! The AWQ pipeline on small in-memory models: folding preserves the function, the search restarts
+//! every grid point from the original weights, AWQ beats RTN, and the output is deterministic.
+
+use awqc::engine::device::CpuBackend;
+use awqc::engine::llama::{causal_mask, download, upload, Attention, LinearB, RopeTables};
+use awqc::engine::rope::Rope;
+use awqc::model::arch::{LayerWeights, LinearKind, ScaleGroup};
+use awqc::model::config::{Arch, ModelConfig};
+use awqc::model::synth::{self, SplitMix};
+use awqc::quant::fold::fold_group;
+use awqc::quant::int4::QuantParams;
+use awqc::quant::pipeline::{quantize, MemSource, Mode, QuantizeOptions};
+use awqc::quant::qmodel::{CollectSink, QuantizedModel};
+use awqc::quant::search::{scaled_fake_quant, search_group, sq_err_sum, Inspect};
+use burn::tensor::Tensor;
+
+#[path = "support/reference.rs"]
+mod reference;
+
+type B = CpuBackend;
+
+fn rel_err(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    let m = b.iter().flatten().fold(0f64, |m, v| m.max(v.abs()));
+    a.iter().flatten().zip(b.iter().flatten()).fold(0f64, |e, (x, y)| e.max((x - y).abs())) / m
+}
+
+#[test]
+fn folding_random_scales_preserves_logits() {
+    // MHA (so v->o folds too) and a GQA Qwen2 with biases.
+    for c in [synth::config(Arch::Llama, 64, 96, 2, 4, 4, 50, true), synth::config(Arch::Qwen2, 64, 96, 2, 4, 2, 50, false)] {
+        let g = synth::globals(&c, 7);
+        let layers: Vec<LayerWeights> = (0..c.num_hidden_layers).map(|i| synth::layer(&c, 7, i)).collect();
+        let ids: Vec<u32> = (0..9).map(|i| (i * 13 % 50) as u32).collect();
+        let before = reference::reference_logits(&c, &g, &layers, &ids);
+        let mut folded = layers.clone();
+        let mut r = SplitMix(99);
+        for l in folded.iter_mut() {
+            for grp in ScaleGroup::for_model(&c) {
+                let k = grp.consumers()[0].shape(&c).1;
+                // Scales spanning e^-2 .. e^2.
+                let s: Vec<f64> = (0..k).map(|_| ((r.uniform() * 2.0) as f64).exp()).collect();
+                fold_group(l, grp, &s);
+            }
+        }
+        assert_eq!(ScaleGroup::for_model(&c).len(), if c.is_gqa() { 3 } else { 4 });
+        let after = reference::reference_logits(&c, &g, &folded, &ids);
+        let e = rel_err(&after, &before);
+        assert!(e < 1e-5, "{:?}: folding changed the logits, relative error {e:e}", c.arch);
+        // And the scales did change the weights.
+        assert_ne!(folded[0].q.w.data, layers[0].q.w.data);
+    }
+}
+
+/// Cached attention input for a tiny layer: random activations with outlier channels.
+fn attn_setup(c: &ModelConfig, w: &LayerWeights, dev: &burn::tensor::Device<B>) -> (Inspect<B>, Vec<Tensor<B, 3>>, Vec<f64>) {
+    let (n, s, h) = (3, 16, c.hidden_size);
+    let mut r = SplitMix(5);
+    let x: Vec<f32> = (0..n * s * h).map(|i| r.normal() * if i % h == 3 { 20.0 } else { 1.0 }).collect();
+    let mut xm = vec![0f64; h];
+    for (i, v) in x.iter().enumerate() {
+        xm[i % h] += v.abs() as f64 / (n * s) as f64;
+    }
+    let xt = upload(x, [n, s, h], dev);
+    let rope = RopeTables::new(&Rope::from_config(c), s, 0, s, dev);
+    let block = Inspect::Attention {
+        block: Attention {
+            q: LinearB::from_host(&w.q, dev),
+            k: LinearB::from_host(&w.k, dev),
+            v: LinearB::from_host(&w.v, dev),
+            o: LinearB::from_host(&w.o, dev),
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        },
+        rope,
+        mask: causal_mask::<B>(c.num_attention_heads / c.num_key_value_heads, s, dev),
+    };
+    (block, vec![xt], xm)
+}
+
+#[test]
+fn search_restarts_each_grid_point_from_original_weights() {
+    // The AutoAWQ 0.2.9 CPU bug: "restoring" weights after each grid point restored the already
+    // scaled ones. Recompute the recorded losses from scratch, in a different order.
+    let c = synth::config(Arch::Llama, 64, 96, 1, 4, 2, 50, true);
+    let w = synth::layer(&c, 11, 0);
+    let dev = Default::default();
+    let (block, x, xm) = attn_setup(&c, &w, &dev);
+    let org: Vec<Tensor<B, 3>> = x.iter().map(|xc| block.forward(xc.clone())).collect();
+    let p = QuantParams::new(4, 32).unwrap();
+    let consumers = vec![(LinearKind::Q, &w.q), (LinearKind::K, &w.k), (LinearKind::V, &w.v)];
+    let gs = search_group(ScaleGroup::AttnIn, &consumers, &block, &x, &org, &xm, None, p, true, 20, &dev);
+    assert_eq!(gs.losses.len(), 20);
+    let numel = org[0].shape().num_elements() as f64;
+    let loss_at = |s: &[f64]| {
+        let trial: Vec<(LinearKind, LinearB<B>)> = consumers
+            .iter()
+            .map(|(k, l)| (*k, LinearB::from_host(&awqc::model::arch::Linear { w: scaled_fake_quant(&l.w, s, p), b: l.b.clone() }, &dev)))
+            .collect();
+        sq_err_sum(block.with(&trial).forward(x[0].clone()), org[0].clone()) / numel
+    };
+    let fresh = loss_at(&gs.scales);
+    assert_eq!(fresh, gs.loss_best, "chosen scale's loss recomputed from scratch differs");
+    assert_eq!(gs.loss_best, gs.losses.iter().cloned().fold(f64::INFINITY, f64::min));
+    // Grid points in reverse order give the same losses as the search recorded.
+    for i in (0..20).rev().step_by(7) {
+        let mut s = awqc::quant::search::raw_scales(&xm, Some(&awqc::quant::search::w_mean(&[&w.q.w, &w.k.w, &w.v.w], 32)), i as f64 / 20.0);
+        awqc::quant::fold::normalize_scales(&mut s, None);
+        assert_eq!(loss_at(&s), gs.losses[i], "grid point {i}");
+    }
+    // With outlier channels AWQ finds something better than round-to-nearest.
+    assert!(gs.loss_best < gs.loss_rtn, "best {} vs rtn {}", gs.loss_best, gs.loss_rtn);
+}
+
+fn run(src: &MemSource, blocks: &[Vec<u32>], mode: Mode, clip: bool) -> QuantizedModel {
+    let opts = QuantizeOptions {
+        mode,
+        params: QuantParams::new(4, 32).unwrap(),
+        duo_scaling: true,
+        clip,
+        search_scale: false,
+        batch_size: 2,
+        n_grid: 20,
+    };
+    let mut sink = CollectSink::default();
+    quantize::<B>(src, blocks, &opts, &mut sink, &Default::default(), |_| {}).unwrap();
+    sink.model.unwrap()
+}
+
+fn logits_mse(m: &QuantizedModel, fp: &[Vec<f64>], ids: &[u32]) -> f64 {
+    let layers: Vec<LayerWeights> = (0..m.layers.len()).map(|i| m.dequantized_layer(i)).collect();
+    let q = reference::reference_logits(&m.config, &m.globals, &layers, ids);
+    let n = fp.len() * fp[0].len();
+    q.iter().flatten().zip(fp.iter().flatten()).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n as f64
+}
+
+#[test]
+fn awq_beats_rtn_and_is_deterministic() {
+    let c = synth::config(Arch::Llama, 128, 256, 2, 4, 2, 64, true);
+    let src = MemSource { globals: synth::globals(&c, 3), layers: (0..2).map(|i| synth::layer(&c, 3, i)).collect(), config: c.clone() };
+    let mut r = SplitMix(17);
+    let blocks: Vec<Vec<u32>> = (0..4).map(|_| (0..32).map(|_| (r.next_u64() % 64) as u32).collect()).collect();
+    let rtn = run(&src, &[], Mode::Awq, false);
+    let awq = run(&src, &blocks, Mode::Awq, true);
+    let lmd = run(&src, &blocks, Mode::Lmdeploy, false);
+    // Evaluate on held-out tokens.
+    let ids: Vec<u32> = (0..24).map(|_| (r.next_u64() % 64) as u32).collect();
+    let fp = reference::reference_logits(&c, &src.globals, &src.layers, &ids);
+    let (e_rtn, e_awq, e_lmd) = (logits_mse(&rtn, &fp, &ids), logits_mse(&awq, &fp, &ids), logits_mse(&lmd, &fp, &ids));
+    eprintln!("logit MSE vs fp: rtn {e_rtn:.5}  awq {e_awq:.5}  lmdeploy {e_lmd:.5}");
+    assert!(e_awq < e_rtn, "AWQ ({e_awq}) should beat RTN ({e_rtn})");
+    // Deterministic, whatever the thread count.
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| run(&src, &blocks, Mode::Awq, true));
+    let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap().install(|| run(&src, &blocks, Mode::Awq, true));
+    assert!(one.layers == awq.layers && two.layers == awq.layers, "quantized layers differ between runs / thread counts");
+    let _ = download::<B, 1>;
+}
