@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod fsutil;
+// pub mod cli; (enabled once the helper modules are merged)
 pub mod progress;
 pub mod tensor;
 

@@ -59,3 +59,25 @@ fn batched_windows_equal_single_windows() {
     let err = lb.iter().zip(&joined).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(err < 1e-4, "batch cross-talk: {err}");
 }
+
+#[test]
+fn host_attention_equals_generic_attention() {
+    use awqc::engine::llama::{causal_mask, RopeTables};
+    use awqc::engine::rope::Rope;
+    let c = synth::config(Arch::Qwen2, 64, 96, 1, 8, 2, 50, false);
+    let l = synth::layer(&c, 4, 0);
+    let dev = Default::default();
+    let layer = awqc::engine::llama::DecoderLayer::<CpuBackend>::from_host(&l, &c, &dev);
+    let (b, t) = (2, 13);
+    let mut r = synth::SplitMix(8);
+    let x = awqc::engine::llama::upload::<CpuBackend, 3>((0..b * t * 64).map(|_| r.normal()).collect(), [b, t, 64], &dev);
+    let rope = RopeTables::new(&Rope::from_config(&c), t, 0, t, &dev);
+    let mask = causal_mask::<CpuBackend>(4, t, &dev);
+    let (a, ca) = layer.attn.forward_with_o_input(x.clone(), &rope, &mask);
+    let (g, cg) = layer.attn.forward_generic(x, &rope, &mask);
+    for (p, q) in [(a, g), (ca, cg)] {
+        let (p, q) = (awqc::engine::llama::download(p), awqc::engine::llama::download(q));
+        let err = p.iter().zip(&q).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(err < 1e-5, "host vs generic attention differ by {err}");
+    }
+}

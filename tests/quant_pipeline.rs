@@ -89,7 +89,7 @@ fn search_restarts_each_grid_point_from_original_weights() {
     let org: Vec<Tensor<B, 3>> = x.iter().map(|xc| block.forward(xc.clone())).collect();
     let p = QuantParams::new(4, 32).unwrap();
     let consumers = vec![(LinearKind::Q, &w.q), (LinearKind::K, &w.k), (LinearKind::V, &w.v)];
-    let gs = search_group(ScaleGroup::AttnIn, &consumers, &block, &x, &org, &xm, None, p, true, 20, &dev);
+    let gs = search_group(ScaleGroup::AttnIn, &consumers, &block, &x, &xm, None, p, true, 20, &dev);
     assert_eq!(gs.losses.len(), 20);
     let numel = org[0].shape().num_elements() as f64;
     let loss_at = |s: &[f64]| {
@@ -154,4 +154,25 @@ fn awq_beats_rtn_and_is_deterministic() {
     let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap().install(|| run(&src, &blocks, Mode::Awq, true));
     assert!(one.layers == awq.layers && two.layers == awq.layers, "quantized layers differ between runs / thread counts");
     let _ = download::<B, 1>;
+}
+
+#[test]
+fn gram_loss_equals_direct_output_mse() {
+    // For a single-linear group the search uses Σ Δw (XᵀX) Δwᵀ; it must equal the direct MSE.
+    let c = synth::config(Arch::Llama, 64, 128, 1, 4, 2, 50, true);
+    let w = synth::layer(&c, 21, 0);
+    let dev = Default::default();
+    let mut r = SplitMix(3);
+    let x: Vec<f32> = (0..2 * 10 * 128).map(|i| r.normal() * if i % 128 == 7 { 10.0 } else { 1.0 }).collect();
+    let xt: Vec<Tensor<B, 3>> = vec![upload(x[..1280].to_vec(), [1, 10, 128], &dev), upload(x[1280..].to_vec(), [1, 10, 128], &dev)];
+    let xm: Vec<f64> = (0..128).map(|ch| (0..20).map(|t| x[t * 128 + ch].abs() as f64).sum::<f64>() / 20.0).collect();
+    let block = Inspect::<B>::Linear(LinearB::from_host(&w.down, &dev));
+    let p = QuantParams::new(4, 32).unwrap();
+    let gs = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &xt, &xm, None, p, true, 20, &dev);
+    let org: Vec<Tensor<B, 3>> = xt.iter().map(|c| block.forward(c.clone())).collect();
+    let lq = awqc::model::arch::Linear { w: scaled_fake_quant(&w.down.w, &gs.scales, p), b: None };
+    let trial = block.with(&[(LinearKind::Down, LinearB::from_host(&lq, &dev))]);
+    let direct: f64 = xt.iter().zip(&org).map(|(c, o)| sq_err_sum(trial.forward(c.clone()), o.clone())).sum::<f64>() / (20 * 64) as f64;
+    let rel = (direct - gs.loss_best).abs() / direct;
+    assert!(rel < 1e-4, "gram loss {} vs direct {direct} (rel {rel:e})", gs.loss_best);
 }

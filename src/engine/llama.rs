@@ -24,6 +24,10 @@ pub fn download<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default()
 }
 
+fn x_device<B: Backend, const D: usize>(t: &Tensor<B, D>) -> B::Device {
+    t.device()
+}
+
 /// A projection `y = x·W + b`, W stored `[K, N]`.
 #[derive(Clone, Debug)]
 pub struct LinearB<B: Backend> {
@@ -116,9 +120,33 @@ pub struct Attention<B: Backend> {
     pub head_dim: usize,
 }
 
+/// Whether backend `B` computes on host memory, where the fused host attention is much faster
+/// than burn's generic composition of ops.
+pub fn is_host_backend<B: Backend>() -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::engine::device::CpuBackend>()
+        || std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::NdArray<f32>>()
+}
+
 impl<B: Backend> Attention<B> {
     /// `x [B, T, H] -> (out [B, T, H], o_proj input [B, T, Hq*D])`.
     pub fn forward_with_o_input(&self, x: Tensor<B, 3>, rope: &RopeTables<B>, mask: &Tensor<B, 2>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let [b, t, _] = x.dims();
+        let (hq, hkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        if is_host_backend::<B>() {
+            let q = download(self.q.forward(x.clone()));
+            let k = download(self.k.forward(x.clone()));
+            let v = download(self.v.forward(x));
+            let (cos, sin) = (download(rope.cos.clone()), download(rope.sin.clone()));
+            let shape = crate::engine::attention_cpu::AttnShape { batch: b, seq: t, heads: hq, kv_heads: hkv, head_dim: d };
+            let ctx = crate::engine::attention_cpu::causal_attention(&q, &k, &v, &cos, &sin, shape);
+            let ctx: Tensor<B, 3> = upload(ctx, [b, t, hq * d], &x_device(&self.q.w));
+            return (self.o.forward(ctx.clone()), ctx);
+        }
+        self.forward_generic(x, rope, mask)
+    }
+
+    /// The backend-generic composition of burn ops (CUDA, wgpu; the reference for the host path).
+    pub fn forward_generic(&self, x: Tensor<B, 3>, rope: &RopeTables<B>, mask: &Tensor<B, 2>) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let [b, t, _] = x.dims();
         let (hq, hkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let g = hq / hkv;

@@ -1,6 +1,9 @@
 //! The inference engine: the decoder as burn tensors (generic over CPU, CUDA and wgpu backends),
 //! RoPE and its scaling variants, perplexity, device selection.
+pub mod attention_cpu;
 pub mod device;
+pub mod golden;
 pub mod llama;
+// pub mod load;
 pub mod ppl;
 pub mod rope;

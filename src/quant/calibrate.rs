@@ -137,3 +137,37 @@ impl<B: Backend> FpChain<B> {
         Ok(ins)
     }
 }
+
+/// Statistics of one shared input: the HF module names of the linears that read it, and the stats.
+pub struct InputStats {
+    pub modules: Vec<String>,
+    pub stats: ChannelStats,
+}
+
+/// Run the calibration chain over every layer and collect per-channel input statistics, one
+/// record per shared input (lmdeploy's `inputs_stats`).
+pub fn collect_stats<B: Backend>(
+    src: &dyn crate::quant::pipeline::LayerSource,
+    blocks: &[Vec<u32>],
+    chunk_seqs: usize,
+    dev: &B::Device,
+    mut on_layer: impl FnMut(usize),
+) -> Result<Vec<InputStats>> {
+    let c = src.config().clone();
+    let g = src.globals()?;
+    let mut chain = FpChain::<B>::new(&c, &g, blocks, chunk_seqs, dev)?;
+    drop(g);
+    let mut out = Vec::new();
+    for i in 0..c.num_hidden_layers {
+        let w = src.layer(i)?;
+        let ins = chain.step(i, &w)?;
+        for grp in [ScaleGroup::AttnIn, ScaleGroup::AttnOut, ScaleGroup::MlpIn, ScaleGroup::MlpOut] {
+            let modules = grp.consumers().iter().map(|&k| crate::model::arch::linear_module(c.arch, i, k)).collect::<Vec<_>>();
+            let mut modules = modules;
+            modules.dedup();
+            out.push(InputStats { modules, stats: stats_of(ins.group(grp)) });
+        }
+        on_layer(i);
+    }
+    Ok(out)
+}

@@ -230,6 +230,18 @@ fn block_flops(g: ScaleGroup, c: &ModelConfig, t: usize, s: usize) -> f64 {
     }
 }
 
+/// FLOPs of a group's search: the FP forward, the RTN point and `n_grid` trial forwards; for a
+/// single-linear group, the Gram matrix plus one `[N,K]x[K,K]` product per point.
+fn search_flops(g: ScaleGroup, c: &ModelConfig, t: usize, s: usize, n_grid: usize) -> f64 {
+    match g {
+        ScaleGroup::AttnOut | ScaleGroup::MlpOut => {
+            let (n, k) = g.consumers()[0].shape(c);
+            2.0 * t as f64 * (k * k) as f64 + (n_grid + 1) as f64 * 2.0 * (n * k * k) as f64
+        }
+        _ => (n_grid + 2) as f64 * block_flops(g, c, t, s),
+    }
+}
+
 /// lmdeploy's smoothing scales for one group (awq-reference §2.5): `s = a^α / w_mean^(1-α)`
 /// (clamped at 1e-4), with lmdeploy's weight term (zero group max clamped to 1e-4).
 fn lmdeploy_scales(act: &[f64], consumers: &[&crate::tensor::HostTensor], group: usize, alpha: f64, fixed: Option<&[bool]>) -> Vec<f64> {
@@ -330,9 +342,8 @@ pub fn quantize<B: Backend>(
                 let s = match opts.mode {
                     Mode::Awq => {
                         let block = inspector(g, &w, &c, chain);
-                        let org: Vec<Tensor<B, 3>> = x.iter().map(|xc| block.forward(xc.clone())).collect();
-                        let gs = search_group(g, &consumers, &block, x, &org, &stats.absmean(), fixed.as_deref(), p, opts.duo_scaling, opts.n_grid, dev);
-                        rep.search_flops += (opts.n_grid + 2) as f64 * block_flops(g, &c, tokens, seqlen);
+                        let gs = search_group(g, &consumers, &block, x, &stats.absmean(), fixed.as_deref(), p, opts.duo_scaling, opts.n_grid, dev);
+                        rep.search_flops += search_flops(g, &c, tokens, seqlen, opts.n_grid);
                         if !gs.loss_best.is_finite() {
                             return Err(Error::input(format!("layer {i}"), format!("scale search for {} found no finite loss (NaN/inf in the block output)", g.name())));
                         }
@@ -349,13 +360,12 @@ pub fn quantize<B: Backend>(
                             let mut n = 0usize;
                             for xc in x.iter() {
                                 let xs = std::slice::from_ref(xc);
-                                let org = vec![block.forward(xc.clone())];
                                 let st = stats_of(xs);
-                                let gs = search_group(g, &consumers, &block, xs, &org, &st.absmean(), fixed.as_deref(), p, true, opts.n_grid, dev);
+                                let gs = search_group(g, &consumers, &block, xs, &st.absmean(), fixed.as_deref(), p, true, opts.n_grid, dev);
                                 ratio_sum += gs.alpha;
                                 n += 1;
                             }
-                            rep.search_flops += (opts.n_grid + 2) as f64 * block_flops(g, &c, tokens, seqlen);
+                            rep.search_flops += search_flops(g, &c, tokens, seqlen, opts.n_grid);
                             let alpha = ratio_sum / n.max(1) as f64;
                             let s = lmdeploy_scales(&stats.absmean(), &ws, p.group, alpha, fixed.as_deref());
                             lr.groups.push(GroupSearch { group: g.name(), alpha, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], scales: s.clone(), seconds: 0.0 });

@@ -109,3 +109,18 @@ impl QuantizedModel {
         }
     }
 }
+
+/// Feed several sinks at once (e.g. the AutoAWQ checkpoint and the TurboMind workspace).
+pub struct TeeSink(pub Vec<Box<dyn QuantSink>>);
+
+impl QuantSink for TeeSink {
+    fn begin(&mut self, config: &ModelConfig, params: QuantParams, globals: &GlobalWeights) -> Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.begin(config, params, globals))
+    }
+    fn write_layer(&mut self, index: usize, layer: &QuantizedLayer) -> Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.write_layer(index, layer))
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.0.into_iter().try_for_each(|s| s.finish())
+    }
+}

@@ -131,15 +131,41 @@ pub struct GroupSearch {
     pub seconds: f64,
 }
 
-/// Search the scales of one group. `x` holds the group's cached input in chunks of sequences,
-/// `org` the full-precision outputs of `block` for those chunks, `x_mean` the per-channel mean |x|.
+/// `Σ_chunks XᵀX` (`[K, K]`) of a chunked input: with it, the output MSE of a single linear is a
+/// quadratic form in the weight error, `mean((X ΔWᵀ)²) = Σ_n Δw_n (XᵀX) Δw_nᵀ / (T·N)`, which
+/// costs `N·K²` per grid point instead of `T·N·K`.
+pub fn gram<B: Backend>(x: &[Tensor<B, 3>]) -> Tensor<B, 2> {
+    let mut g: Option<Tensor<B, 2>> = None;
+    for xc in x {
+        let [b, t, k] = xc.dims();
+        let m = xc.clone().reshape([b * t, k]);
+        let p = m.clone().transpose().matmul(m);
+        g = Some(match g {
+            Some(acc) => acc + p,
+            None => p,
+        });
+    }
+    g.expect("at least one chunk")
+}
+
+/// Loss of a single-linear block from the Gram matrix: `Σ_n Δw_n G Δw_nᵀ / (T·N)`.
+fn gram_loss<B: Backend>(g: &Tensor<B, 2>, w: &HostTensor, wq: &HostTensor, tokens: usize, dev: &B::Device) -> f64 {
+    let (n, k) = w.dims2();
+    let dw: Vec<f32> = w.data.iter().zip(&wq.data).map(|(a, b)| a - b).collect();
+    let dw: Tensor<B, 2> = crate::engine::llama::upload(dw, [n, k], dev);
+    let rows = download((dw.clone().matmul(g.clone()) * dw).sum_dim(1));
+    rows.iter().map(|&v| v as f64).sum::<f64>() / (tokens * n) as f64
+}
+
+/// Search the scales of one group. `x` holds the group's cached input in chunks of sequences and
+/// `x_mean` its per-channel mean |x|. The loss is the MSE between the block's output with the
+/// trial weights and with the full-precision weights.
 #[allow(clippy::too_many_arguments)]
 pub fn search_group<B: Backend>(
     group: ScaleGroup,
     consumers: &[(LinearKind, &Linear)],
     block: &Inspect<B>,
     x: &[Tensor<B, 3>],
-    org: &[Tensor<B, 3>],
     x_mean: &[f64],
     fixed: Option<&[bool]>,
     p: QuantParams,
@@ -150,18 +176,29 @@ pub fn search_group<B: Backend>(
     let start = std::time::Instant::now();
     let weights: Vec<&HostTensor> = consumers.iter().map(|(_, l)| &l.w).collect();
     let wm = duo.then(|| w_mean(&weights, p.group));
-    let numel: usize = org.iter().map(|o| o.shape().num_elements()).sum();
-    let loss_of = |s: &[f64]| -> f64 {
-        let trial: Vec<(LinearKind, LinearB<B>)> = consumers
-            .iter()
-            .map(|(k, l)| {
-                let w = scaled_fake_quant(&l.w, s, p);
-                (*k, LinearB::from_host(&Linear { w, b: l.b.clone() }, dev))
+    let tokens: usize = x.iter().map(|c| c.dims()[0] * c.dims()[1]).sum();
+    let loss_of: Box<dyn Fn(&[f64]) -> f64> = match block {
+        Inspect::Linear(_) if consumers.len() == 1 => {
+            let g = gram(x);
+            let w = consumers[0].1.w.clone();
+            Box::new(move |s: &[f64]| gram_loss(&g, &w, &scaled_fake_quant(&w, s, p), tokens, dev))
+        }
+        _ => {
+            let org: Vec<Tensor<B, 3>> = x.iter().map(|xc| block.forward(xc.clone())).collect();
+            let numel: usize = org.iter().map(|o| o.shape().num_elements()).sum();
+            Box::new(move |s: &[f64]| {
+                let trial: Vec<(LinearKind, LinearB<B>)> = consumers
+                    .iter()
+                    .map(|(k, l)| {
+                        let w = scaled_fake_quant(&l.w, s, p);
+                        (*k, LinearB::from_host(&Linear { w, b: l.b.clone() }, dev))
+                    })
+                    .collect();
+                let b = block.with(&trial);
+                let total: f64 = x.iter().zip(&org).map(|(xc, oc)| sq_err_sum(b.forward(xc.clone()), oc.clone())).sum();
+                total / numel as f64
             })
-            .collect();
-        let b = block.with(&trial);
-        let total: f64 = x.iter().zip(org).map(|(xc, oc)| sq_err_sum(b.forward(xc.clone()), oc.clone())).sum();
-        total / numel as f64
+        }
     };
     let ones = vec![1.0; x_mean.len()];
     let loss_rtn = loss_of(&ones);

@@ -1,0 +1,59 @@
+//! The command line: one file per subcommand. Each parses its flags into the library's config
+//! types and calls the library; output is a human table or, with `--json`, one JSON document on
+//! stdout.
+
+use crate::error::Result;
+use clap::{Parser, Subcommand};
+
+pub mod calibrate;
+pub mod convert;
+pub mod data;
+pub mod eval;
+pub mod inspect;
+pub mod quantize;
+
+#[derive(Parser, Debug)]
+#[command(name = "awqc", version, about = "Offline AWQ quantization and model-conversion compiler")]
+pub struct Cli {
+    /// Print one machine-readable JSON report on stdout (and no progress bars).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress bars or status lines.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Convert a GGUF file to a Hugging Face model directory, or an AutoAWQ checkpoint to a TurboMind workspace.
+    Convert(convert::Args),
+    /// Print a model's architecture, tensors, dtypes and parameter count.
+    Inspect(inspect::Args),
+    /// Measure perplexity (the pinned protocol; see README).
+    Eval(eval::Args),
+    /// Run the calibration set through the model and save per-channel input statistics.
+    Calibrate(calibrate::Args),
+    /// Quantize a model to group-wise INT4 with AWQ (or lmdeploy's smoothing) and export it.
+    Quantize(quantize::Args),
+    /// Build the bundled calibration datasets (calib_data/build/*.parquet).
+    Data(data::Args),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
+    match cli.cmd {
+        Command::Convert(a) => convert::run(a, json),
+        Command::Inspect(a) => inspect::run(a, json),
+        Command::Eval(a) => eval::run(a, json),
+        Command::Calibrate(a) => calibrate::run(a, json),
+        Command::Quantize(a) => quantize::run(a, json),
+        Command::Data(a) => data::run(a, json),
+    }
+}
+
+/// Print a JSON value on stdout (pretty, one document).
+pub fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into()));
+}

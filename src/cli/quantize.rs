@@ -1,0 +1,237 @@
+//! `awqc quantize`: the main job. Flags follow `lmdeploy lite auto_awq`.
+
+use crate::data::calib::{default_data_dir, sample_blocks, CalibConfig};
+use crate::data::tokenizer::Tokenizer;
+use crate::engine::device::{self, DeviceKind};
+use crate::error::{Error, Result};
+use crate::quant::int4::QuantParams;
+use crate::quant::pipeline::{quantize, HfSource, LayerSource, Mode, QuantReport, QuantizeOptions};
+use crate::quant::qmodel::{QuantSink, TeeSink};
+use burn::tensor::backend::Backend;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Full-precision model directory (or hub id in the local HF cache).
+    #[arg(long)]
+    pub model: String,
+    /// Output directory of the AutoAWQ-GEMM checkpoint (lmdeploy calls it --work-dir).
+    #[arg(long, alias = "work-dir")]
+    pub out: PathBuf,
+    /// Also write a TurboMind workspace (lmdeploy 0.9.2 layout) here; needs --w-group-size 128.
+    #[arg(long)]
+    pub turbomind_out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "awq")]
+    pub mode: Mode,
+    /// Calibration dataset: c4, wikitext2 (bundled), or a .parquet/.jsonl/.txt file.
+    #[arg(long, default_value = "c4")]
+    pub calib_dataset: String,
+    /// Number of calibration blocks; 0 = no calibration (round-to-nearest).
+    #[arg(long, default_value_t = 128)]
+    pub calib_samples: usize,
+    /// Tokens per calibration block.
+    #[arg(long, default_value_t = 2048)]
+    pub calib_seqlen: usize,
+    /// Calibration sequences per forward chunk (and per ratio-search chunk with --search-scale).
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 4)]
+    pub w_bits: u32,
+    #[arg(long, default_value_t = 128)]
+    pub w_group_size: usize,
+    /// lmdeploy mode: search the smoothing ratio per chunk instead of the fixed 0.5.
+    #[arg(long)]
+    pub search_scale: bool,
+    /// llm-awq's scale formula (x^α) instead of AutoAWQ's duo scaling (x^α / w^(1-α)).
+    #[arg(long)]
+    pub no_duo_scaling: bool,
+    /// Skip the clip search.
+    #[arg(long)]
+    pub no_clip: bool,
+    /// Replace existing outputs.
+    #[arg(long)]
+    pub force: bool,
+    /// After quantizing, print the fp / RTN / AWQ perplexity table (ci protocol).
+    #[arg(long)]
+    pub eval: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Seed of the calibration sampler (lmdeploy uses 0).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+fn options(a: &Args) -> Result<QuantizeOptions> {
+    if a.search_scale && a.mode != Mode::Lmdeploy {
+        return Err(Error::usage("--search-scale belongs to --mode lmdeploy (awq mode always searches)"));
+    }
+    if a.batch_size == 0 {
+        return Err(Error::usage("--batch-size must be at least 1"));
+    }
+    Ok(QuantizeOptions {
+        mode: a.mode,
+        params: QuantParams::new(a.w_bits, a.w_group_size)?,
+        duo_scaling: !a.no_duo_scaling,
+        clip: !a.no_clip,
+        search_scale: a.search_scale,
+        batch_size: a.batch_size,
+        n_grid: 20,
+    })
+}
+
+fn run_on<B: Backend>(dev: B::Device, src: &HfSource, blocks: &[Vec<u32>], opts: &QuantizeOptions, sink: &mut dyn QuantSink) -> Result<QuantReport> {
+    let n = src.config().num_hidden_layers;
+    let pb = crate::progress::bar(n as u64, "quantize");
+    let r = quantize::<B>(src, blocks, opts, sink, &dev, |l| {
+        pb.inc(1);
+        let a: Vec<String> = l.groups.iter().map(|g| format!("{}={:.2}", g.group, g.alpha)).collect();
+        pb.set_message(format!("L{} {}", l.layer, a.join(" ")));
+    });
+    pb.finish_and_clear();
+    r
+}
+
+/// The report file written next to the output (kept out of the checkpoint so the checkpoint's
+/// bytes do not depend on timings).
+pub fn report_path(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    out.with_file_name(format!("{name}.report.json"))
+}
+
+pub fn run(a: Args, json: bool) -> Result<()> {
+    let opts = options(&a)?;
+    let kind = device::resolve(a.device)?;
+    let model = crate::model::weights::resolve_model_path(&a.model)?;
+    let src = HfSource::open(&model)?;
+    crate::quant::pipeline::check_group_size(&src.config, opts.params)?;
+    if a.turbomind_out.is_some() && (opts.params.group != 128 || opts.params.bits != 4) {
+        return Err(Error::usage(format!(
+            "--turbomind-out: TurboMind loads only 4-bit group-128 weights (got --w-bits {} --w-group-size {})",
+            opts.params.bits, opts.params.group
+        )));
+    }
+    for o in std::iter::once(&a.out).chain(a.turbomind_out.as_ref()) {
+        if o.exists() && !a.force {
+            return Err(Error::usage(format!("{}: output path exists (pass --force to replace it)", o.display())));
+        }
+    }
+    let tok = Tokenizer::from_model_dir(&model)?;
+    let t0 = std::time::Instant::now();
+    let blocks = if a.calib_samples == 0 {
+        Vec::new()
+    } else {
+        let cc = CalibConfig {
+            dataset: a.calib_dataset.clone(),
+            n_samples: a.calib_samples,
+            seqlen: a.calib_seqlen,
+            seed: a.seed,
+            data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir),
+        };
+        sample_blocks(&cc, &tok)?
+    };
+    let sampling_s = t0.elapsed().as_secs_f64();
+    let c = &src.config;
+    let act_bytes = blocks.len() * a.calib_seqlen * (3 * c.hidden_size + c.q_dim() + c.intermediate_size) * 4;
+    crate::progress::status(&format!(
+        "awqc: {} layers, {} calibration blocks x {} tokens; per-layer activations {:.1} MiB",
+        c.num_hidden_layers,
+        blocks.len(),
+        a.calib_seqlen,
+        act_bytes as f64 / (1 << 20) as f64
+    ));
+
+    let mut sinks: Vec<Box<dyn QuantSink>> =
+        vec![Box::new(crate::formats::awq_gemm::AwqWriter::new(&a.out, a.force, Some(&model))?)];
+    if let Some(tm) = &a.turbomind_out {
+        sinks.push(Box::new(crate::formats::turbomind::TurbomindWriter::new(tm, a.force, Some(&model))?));
+    }
+    let mut tee = Box::new(TeeSink(sinks));
+    let mut rep = crate::with_backend!(kind, run_on(&src, &blocks, &opts, tee.as_mut()))?;
+    let t0 = std::time::Instant::now();
+    tee.finish()?;
+    rep.timings.export += t0.elapsed().as_secs_f64();
+
+    let report = json!({
+        "model": model.display().to_string(), "out": a.out.display().to_string(),
+        "turbomind_out": a.turbomind_out.as_ref().map(|p| p.display().to_string()),
+        "options": opts, "w_bits": opts.params.bits, "w_group_size": opts.params.group,
+        "calib": {"dataset": a.calib_dataset, "samples": blocks.len(), "seqlen": a.calib_seqlen, "seed": a.seed, "sampling_seconds": sampling_s},
+        "device": kind, "report": rep,
+    });
+    let rp = report_path(&a.out);
+    crate::fsutil::write_file_atomic(&rp, serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes())?;
+
+    let mut table = None;
+    if a.eval {
+        table = Some(eval_table(&a, &src, &model, &tok, kind)?);
+    }
+    if json {
+        let mut r = report;
+        r["report_file"] = json!(rp.display().to_string());
+        if let Some(t) = &table {
+            r["eval"] = t.clone();
+        }
+        crate::cli::print_json(&r);
+    } else {
+        let t = &rep.timings;
+        println!("wrote       {}{}", a.out.display(), a.turbomind_out.as_ref().map(|p| format!(" and {}", p.display())).unwrap_or_default());
+        println!("report      {}", rp.display());
+        println!(
+            "time        load {:.1}s  calibration {:.1}s  search {:.1}s  clip {:.1}s  pack {:.1}s  export {:.1}s",
+            t.load, t.calibration, t.search, t.clip, t.pack, t.export
+        );
+        if let Some(t) = &table {
+            println!("\nperplexity ({} windows x {} tokens of {}):", t["windows"], t["seqlen"], t["dataset"]);
+            println!("  {:<8} {:>10} {:>10}", "model", "PPL", "gap");
+            for row in t["rows"].as_array().into_iter().flatten() {
+                println!("  {:<8} {:>10.4} {:>10}", row["name"].as_str().unwrap_or(""), row["ppl"].as_f64().unwrap_or(f64::NAN),
+                    row["gap"].as_f64().map(|g| format!("{g:+.4}")).unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// fp / RTN / quantized perplexity on the ci protocol. RTN is computed in memory.
+fn eval_table(a: &Args, src: &HfSource, model: &Path, tok: &Tokenizer, kind: DeviceKind) -> Result<serde_json::Value> {
+    let (seqlen, windows) = (512usize, Some(32usize));
+    let text = crate::cli::eval::eval_text("wikitext2", None, a.data_dir.as_deref())?;
+    let fp = crate::cli::eval::evaluate(model, tok, &text, seqlen, windows, kind)?.result.ppl;
+    let q = crate::cli::eval::evaluate(&a.out, tok, &text, seqlen, windows, kind)?.result.ppl;
+    let tokens = tok.encode(&text)?;
+    let rtn = crate::with_backend!(kind, rtn_ppl(src, a.w_bits, a.w_group_size, &tokens, seqlen, windows))?;
+    let label = match a.mode {
+        Mode::Awq if a.calib_samples > 0 => "awq",
+        Mode::Lmdeploy if a.calib_samples > 0 => "lmdeploy",
+        _ => "rtn",
+    };
+    Ok(json!({
+        "dataset": "wikitext2", "seqlen": seqlen, "windows": windows,
+        "rows": [
+            {"name": "fp", "ppl": fp, "gap": null},
+            {"name": "rtn", "ppl": rtn, "gap": rtn - fp},
+            {"name": label, "ppl": q, "gap": q - fp},
+        ]
+    }))
+}
+
+fn rtn_ppl<B: Backend>(dev: B::Device, src: &HfSource, bits: u32, group: usize, tokens: &[u32], seqlen: usize, windows: Option<usize>) -> Result<f64> {
+    let opts = QuantizeOptions {
+        mode: Mode::Awq,
+        params: QuantParams::new(bits, group)?,
+        duo_scaling: true,
+        clip: false,
+        search_scale: false,
+        batch_size: 1,
+        n_grid: 20,
+    };
+    let mut sink = crate::quant::qmodel::CollectSink::default();
+    quantize::<B>(src, &[], &opts, &mut sink, &dev, |_| {})?;
+    let qm = sink.model.ok_or_else(|| Error::internal("RTN produced no model"))?;
+    let m = crate::engine::llama::Llama::<B>::from_host(&qm.config, &qm.globals, |i| Ok(qm.dequantized_layer(i)), &dev)?;
+    let w = crate::data::eval_text::windows(tokens, seqlen, windows);
+    Ok(crate::engine::ppl::perplexity(&m, &w)?.ppl)
+}
