@@ -124,3 +124,201 @@ impl QuantSink for TeeSink {
         self.0.into_iter().try_for_each(|s| s.finish())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Row and shape helpers on `QuantizedLinear`, shared by the exporters. A "row" is one output
+// channel: its K codes, its K/g zero points and scales, and its bias entry move together.
+
+/// Check that `l` is a well-formed `[n, k]` linear quantized with `p`, with a bias exactly when
+/// `bias` is set. `name` is the module name used in the error.
+pub fn check_linear(name: &str, l: &QuantizedLinear, n: usize, k: usize, p: QuantParams, bias: bool) -> Result<()> {
+    let bad = |msg: String| Err(crate::error::Error::internal(format!("{name}: {msg}")));
+    if l.n != n || l.k != k {
+        return bad(format!("shape [{}, {}], expected [{n}, {k}]", l.n, l.k));
+    }
+    if l.params != p {
+        return bad(format!("quantized with {:?}, the model says {:?}", l.params, p));
+    }
+    if k % p.group != 0 {
+        return bad(format!("in_features {k} is not a multiple of the group size {}", p.group));
+    }
+    let groups = k / p.group;
+    if l.q.len() != n * k || l.zeros.len() != n * groups || l.scales.len() != n * groups {
+        return bad(format!(
+            "buffers have {} codes, {} zeros, {} scales; expected {}, {}, {}",
+            l.q.len(),
+            l.zeros.len(),
+            l.scales.len(),
+            n * k,
+            n * groups,
+            n * groups
+        ));
+    }
+    match (&l.bias, bias) {
+        (Some(b), true) if b.len() == n => Ok(()),
+        (Some(b), true) => bad(format!("bias has {} values, expected {n}", b.len())),
+        (None, false) => Ok(()),
+        (Some(_), false) => bad("has a bias but the model config has none for this projection".into()),
+        (None, true) => bad("has no bias but the model config requires one".into()),
+    }
+}
+
+/// The rows `rows[i]` of `l`, in that order (`out.row(i) = l.row(rows[i])`). Indices must be `< l.n`.
+pub fn select_rows(l: &QuantizedLinear, rows: &[usize]) -> QuantizedLinear {
+    let (k, g) = (l.k, l.groups());
+    let mut q = Vec::with_capacity(rows.len() * k);
+    let mut zeros = Vec::with_capacity(rows.len() * g);
+    let mut scales = Vec::with_capacity(rows.len() * g);
+    for &r in rows {
+        q.extend_from_slice(&l.q[r * k..(r + 1) * k]);
+        zeros.extend_from_slice(&l.zeros[r * g..(r + 1) * g]);
+        scales.extend_from_slice(&l.scales[r * g..(r + 1) * g]);
+    }
+    let bias = l.bias.as_ref().map(|b| rows.iter().map(|&r| b[r]).collect());
+    QuantizedLinear { n: rows.len(), k, params: l.params, q, zeros, scales, bias }
+}
+
+/// Rows `[start, end)` of `l`.
+pub fn slice_rows(l: &QuantizedLinear, start: usize, end: usize) -> QuantizedLinear {
+    select_rows(l, &(start..end).collect::<Vec<_>>())
+}
+
+/// Stack linears with the same in_features and quantizer along the output dim
+/// (`[n1, k] ++ [n2, k] -> [n1 + n2, k]`). Either all or none of them have a bias.
+pub fn concat_rows(parts: &[&QuantizedLinear]) -> Result<QuantizedLinear> {
+    let first = parts.first().ok_or_else(|| crate::error::Error::internal("concat_rows: nothing to concatenate"))?;
+    let mut out = QuantizedLinear {
+        n: 0,
+        k: first.k,
+        params: first.params,
+        q: Vec::new(),
+        zeros: Vec::new(),
+        scales: Vec::new(),
+        bias: first.bias.as_ref().map(|_| Vec::new()),
+    };
+    for p in parts {
+        if p.k != out.k || p.params != out.params || p.bias.is_some() != out.bias.is_some() {
+            return Err(crate::error::Error::internal(format!(
+                "concat_rows: cannot stack [{}, {}] {:?} (bias {}) onto [{}, {}] {:?} (bias {})",
+                p.n,
+                p.k,
+                p.params,
+                p.bias.is_some(),
+                out.n,
+                out.k,
+                out.params,
+                out.bias.is_some()
+            )));
+        }
+        out.n += p.n;
+        out.q.extend_from_slice(&p.q);
+        out.zeros.extend_from_slice(&p.zeros);
+        out.scales.extend_from_slice(&p.scales);
+        if let (Some(dst), Some(src)) = (out.bias.as_mut(), p.bias.as_ref()) {
+            dst.extend_from_slice(src);
+        }
+    }
+    Ok(out)
+}
+
+/// The inverse of a permutation: `inv[perm[i]] = i`.
+pub fn invert_permutation(perm: &[usize]) -> Vec<usize> {
+    let mut inv = vec![0; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    inv
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random models for tests and benchmarks.
+
+/// A small deterministic generator (PCG-style LCG); good enough for test data, not for anything else.
+struct TestRng(u64);
+
+impl TestRng {
+    fn next_f32(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    /// A value in `[center - spread, center + spread]` that f16 represents exactly, so it survives
+    /// every export.
+    fn next_f16(&mut self, center: f32, spread: f32) -> f32 {
+        half::f16::from_f32(center + self.next_f32() * spread).to_f32()
+    }
+}
+
+/// A random quantized model with the shapes of `config`: every projection is quantized from a
+/// random `[N, K]` weight (with a few outliers, so scales and zero points vary), biases where the
+/// config has them, and norms / embedding / lm head (`None` when tied) holding f16-exact values.
+/// Deterministic in `seed`.
+pub fn random_quantized_model(config: &ModelConfig, params: QuantParams, seed: u64) -> Result<QuantizedModel> {
+    use crate::tensor::HostTensor;
+    let mut rng = TestRng(seed ^ 0x9E37_79B9_7F4A_7C15);
+    let (h, v) = (config.hidden_size, config.vocab_size);
+    let tensor = |rng: &mut TestRng, rows: usize, cols: usize| {
+        HostTensor::from_fn(&[rows, cols], |i| {
+            let x = rng.next_f32();
+            if i % 61 == 7 { x * 6.0 } else { x }
+        })
+    };
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for li in 0..config.num_hidden_layers {
+        let lin = |kind: LinearKind, rng: &mut TestRng| -> Result<QuantizedLinear> {
+            let (n, k) = kind.shape(config);
+            let w = tensor(rng, n, k);
+            let bias = kind.has_bias(config).then(|| (0..n).map(|_| rng.next_f16(0.0, 0.5)).collect());
+            let name = crate::model::arch::linear_module(config.arch, li, kind);
+            QuantizedLinear::quantize(&name, &w, bias, params)
+        };
+        let attn_norm = (0..h).map(|_| rng.next_f16(1.0, 0.5)).collect();
+        let mlp_norm = (0..h).map(|_| rng.next_f16(1.0, 0.5)).collect();
+        layers.push(QuantizedLayer {
+            attn_norm,
+            mlp_norm,
+            q: lin(LinearKind::Q, &mut rng)?,
+            k: lin(LinearKind::K, &mut rng)?,
+            v: lin(LinearKind::V, &mut rng)?,
+            o: lin(LinearKind::O, &mut rng)?,
+            gate: lin(LinearKind::Gate, &mut rng)?,
+            up: lin(LinearKind::Up, &mut rng)?,
+            down: lin(LinearKind::Down, &mut rng)?,
+        });
+    }
+    let embed = HostTensor::from_fn(&[v, h], |_| rng.next_f16(0.0, 1.0));
+    let norm = (0..h).map(|_| rng.next_f16(1.0, 0.5)).collect();
+    let lm_head =
+        if config.tie_word_embeddings { None } else { Some(HostTensor::from_fn(&[v, h], |_| rng.next_f16(0.0, 1.0))) };
+    Ok(QuantizedModel { config: config.clone(), params, globals: GlobalWeights { embed, norm, lm_head }, layers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::HostTensor;
+
+    fn lin(n: usize, seed: f32, bias: bool) -> QuantizedLinear {
+        let w = HostTensor::from_fn(&[n, 16], |i| (i as f32 * 0.37 + seed).sin());
+        let b = bias.then(|| (0..n).map(|i| i as f32 + seed).collect());
+        QuantizedLinear::quantize("t", &w, b, QuantParams::new(4, 8).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn row_helpers_move_whole_rows() {
+        let (a, b) = (lin(3, 0.0, true), lin(2, 1.0, true));
+        let ab = concat_rows(&[&a, &b]).unwrap();
+        assert_eq!((ab.n, ab.q.len(), ab.scales.len()), (5, 80, 10));
+        assert_eq!(&ab.q[3 * 16..4 * 16], &b.q[..16]);
+        assert_eq!(ab.bias.as_ref().unwrap()[3], b.bias.as_ref().unwrap()[0]);
+        let perm = [4, 0, 3, 1, 2];
+        let p = select_rows(&ab, &perm);
+        assert_eq!(&p.zeros[0..2], &ab.zeros[8..10]);
+        assert_eq!(p.bias.as_ref().unwrap()[2], ab.bias.as_ref().unwrap()[3]);
+        assert_eq!(select_rows(&p, &invert_permutation(&perm)), ab);
+        assert_eq!(slice_rows(&ab, 3, 5), b);
+        assert!(concat_rows(&[&a, &lin(2, 1.0, false)]).is_err());
+        assert!(check_linear("t", &ab, 5, 16, ab.params, true).is_ok());
+        assert!(check_linear("t", &ab, 5, 16, ab.params, false).unwrap_err().msg.contains("has a bias"));
+        assert!(check_linear("t", &ab, 4, 16, ab.params, true).unwrap_err().msg.contains("shape"));
+    }
+}
