@@ -5,7 +5,7 @@
 
 pub mod error;
 pub mod fsutil;
-// pub mod cli; (enabled once the helper modules are merged)
+pub mod cli;
 pub mod progress;
 pub mod tensor;
 

@@ -27,10 +27,16 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         DataCmd::Build { src, out } => {
             let built = crate::data::build::build_calib_data(&src, &out)?;
             if json {
-                crate::cli::print_json(&json!({"out": out.display().to_string(), "datasets": built.len()}));
+                let rows: Vec<_> = built
+                    .iter()
+                    .map(|b| json!({"name": b.name, "source": b.source.display().to_string(), "path": b.path.display().to_string(),
+                        "documents": b.documents, "bytes": b.bytes, "sha256": b.sha256}))
+                    .collect();
+                crate::cli::print_json(&json!({"out": out.display().to_string(), "datasets": rows}));
             } else {
+                println!("{:<14} {:>9} {:>10}  {}", "dataset", "documents", "bytes", "file");
                 for b in &built {
-                    println!("{b:?}");
+                    println!("{:<14} {:>9} {:>10}  {}", b.name, b.documents, b.bytes, b.path.display());
                 }
             }
         }

@@ -144,9 +144,9 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     ));
 
     let mut sinks: Vec<Box<dyn QuantSink>> =
-        vec![Box::new(crate::formats::awq_gemm::AwqWriter::new(&a.out, a.force, Some(&model))?)];
+        vec![Box::new(crate::formats::awq_gemm::AwqWriter::new(&a.out, a.force).with_tokenizer_from(&model))];
     if let Some(tm) = &a.turbomind_out {
-        sinks.push(Box::new(crate::formats::turbomind::TurbomindWriter::new(tm, a.force, Some(&model))?));
+        sinks.push(Box::new(crate::formats::turbomind::TurbomindWriter::new(tm, a.force).with_tokenizer_from(&model)));
     }
     let mut tee = Box::new(TeeSink(sinks));
     let mut rep = crate::with_backend!(kind, run_on(&src, &blocks, &opts, tee.as_mut()))?;

@@ -4,6 +4,6 @@ pub mod attention_cpu;
 pub mod device;
 pub mod golden;
 pub mod llama;
-// pub mod load;
+pub mod load;
 pub mod ppl;
 pub mod rope;
