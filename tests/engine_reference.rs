@@ -81,3 +81,18 @@ fn host_attention_equals_generic_attention() {
         assert!(err < 1e-5, "host vs generic attention differ by {err}");
     }
 }
+
+#[test]
+fn host_mlp_equals_generic_mlp() {
+    let c = synth::config(Arch::Llama, 64, 96, 1, 4, 2, 50, true);
+    let l = synth::layer(&c, 5, 0);
+    let dev = Default::default();
+    let layer = awqc::engine::llama::DecoderLayer::<CpuBackend>::from_host(&l, &c, &dev);
+    let mut r = synth::SplitMix(9);
+    let x = awqc::engine::llama::upload::<CpuBackend, 3>((0..2 * 7 * 64).map(|_| r.normal() * 3.0).collect(), [2, 7, 64], &dev);
+    let host = awqc::engine::llama::download(layer.mlp.forward(x.clone()));
+    let m = &layer.mlp;
+    let generic = awqc::engine::llama::download(m.down.forward(burn::tensor::activation::silu(m.gate.forward(x.clone())) * m.up.forward(x)));
+    let err = host.iter().zip(&generic).fold(0f32, |e, (a, b)| e.max((a - b).abs()));
+    assert!(err < 1e-5, "host vs generic MLP differ by {err}");
+}

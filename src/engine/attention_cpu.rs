@@ -1,10 +1,23 @@
-//! Fused causal grouped-query attention with rotate-half RoPE on host buffers: the CPU backend's
-//! attention core. burn's generic version materialises the `[G*T, T]` score matrix and makes
-//! several broadcast passes over it (mask, softmax), which on the CPU costs 5-10x the arithmetic;
-//! this one streams each query row once. Each output row is computed by one task in a fixed
-//! order, so results do not depend on the thread count.
+//! CPU kernels for the host backend: fused causal grouped-query attention with rotate-half RoPE,
+//! and SiLU(gate)·up. burn's generic versions materialise and re-read their intermediates several
+//! times (mask add, softmax passes, sigmoid, products), which on the CPU costs several times the
+//! arithmetic. Every output element is computed by one task in a fixed order, so the results do
+//! not depend on the thread count.
 
 use rayon::prelude::*;
+
+/// `exp(x)` for `x <= 0` (softmax after max subtraction), branch-free so loops vectorise.
+/// Range reduction `x = n·ln2 + r`, |r| <= ln2/2, degree-6 Taylor polynomial for e^r (relative
+/// error < 2e-7 on the reduced range), and 2^n assembled in the exponent bits.
+#[inline(always)]
+pub fn exp_neg(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
 
 /// Apply rotate-half RoPE to one head vector at position `p` (tables `[T, D/2]`).
 #[inline]
@@ -18,22 +31,18 @@ fn rope_into(dst: &mut [f32], src: &[f32], cos: &[f32], sin: &[f32], p: usize) {
     }
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // 8 independent accumulators so the compiler vectorises without reassociating a single sum.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
+/// `c[m, n] = a[m, k] · b[k, n]` (row-major, single-threaded: the caller parallelises).
+fn matmul(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, b_transposed: bool) {
+    // SAFETY: the slices have exactly the extents described by the strides below
+    // (checked by the debug assertions), and `c` does not alias `a` or `b`.
+    debug_assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    let (rs_b, cs_b) = if b_transposed { (1isize, k as isize) } else { (n as isize, 1isize) };
+    unsafe {
+        gemm::gemm(
+            m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), cs_b, rs_b,
+            0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+        );
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
 }
 
 /// Shapes of one attention call.
@@ -46,9 +55,13 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+/// Query rows per task: a block of consecutive positions of one query head.
+const ROW_BLOCK: usize = 64;
+
 /// `q [B, T, Hq*D]`, `k`/`v [B, T, Hkv*D]` (projections before RoPE) -> context `[B, T, Hq*D]`.
 /// Query at position i attends to keys 0..=i of its own sequence; query head h uses KV head
-/// `h / (Hq/Hkv)`.
+/// `h / (Hq/Hkv)`. Per task: scores of a block of query rows against the keys it can see (one
+/// GEMM, so the causal upper triangle beyond the block is skipped), softmax, then one GEMM with V.
 pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], cos: &[f32], sin: &[f32], s: AttnShape) -> Vec<f32> {
     let AttnShape { batch, seq: t, heads: hq, kv_heads: hkv, head_dim: d } = s;
     let g = hq / hkv;
@@ -68,35 +81,104 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], cos: &[f32], sin: &[f32
             (kr, vr)
         })
         .collect();
-    let mut out = vec![0f32; batch * t * hq * d];
-    // One task per (batch, position): all query heads of that row.
-    out.par_chunks_mut(hq * d).enumerate().for_each(|(row, o)| {
-        let (bi, i) = (row / t, row % t);
-        let mut qr = vec![0f32; d];
-        let mut scores = vec![0f32; i + 1];
-        for h in 0..hq {
+    let blocks = t.div_ceil(ROW_BLOCK);
+    // Each task: (batch, query head, row block) -> its context rows [rows, D].
+    let parts: Vec<Vec<f32>> = (0..batch * hq * blocks)
+        .into_par_iter()
+        .map(|task| {
+            let (bi, rest) = (task / (hq * blocks), task % (hq * blocks));
+            let (h, blk) = (rest / blocks, rest % blocks);
+            let (r0, r1) = (blk * ROW_BLOCK, ((blk + 1) * ROW_BLOCK).min(t));
+            let rows = r1 - r0;
             let (kr, vr) = &kv[bi * hkv + h / g];
-            let off = (bi * t + i) * hq * d + h * d;
-            rope_into(&mut qr, &q[off..off + d], cos, sin, i);
-            let mut m = f32::NEG_INFINITY;
-            for (j, sc) in scores.iter_mut().enumerate() {
-                *sc = dot(&qr, &kr[j * d..(j + 1) * d]) * scale;
-                m = m.max(*sc);
+            let mut qb = vec![0f32; rows * d];
+            for i in r0..r1 {
+                let off = (bi * t + i) * hq * d + h * d;
+                rope_into(&mut qb[(i - r0) * d..(i - r0 + 1) * d], &q[off..off + d], cos, sin, i);
             }
-            let mut z = 0f32;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - m).exp();
-                z += *sc;
-            }
-            let oh = &mut o[h * d..(h + 1) * d];
-            oh.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                let w = p / z;
-                for (x, &y) in oh.iter_mut().zip(&vr[j * d..(j + 1) * d]) {
-                    *x += w * y;
+            // Keys 0..r1 are the only ones any row of the block can see.
+            let nk = r1;
+            let mut sc = vec![0f32; rows * nk];
+            matmul(&mut sc, &qb, kr, rows, d, nk, true);
+            for (ri, row) in sc.chunks_mut(nk).enumerate() {
+                let i = r0 + ri;
+                let vis = &mut row[..=i];
+                let mut m = f32::NEG_INFINITY;
+                for x in vis.iter_mut() {
+                    *x *= scale;
+                    m = m.max(*x);
                 }
+                let mut z = 0f32;
+                for x in vis.iter_mut() {
+                    *x = exp_neg(*x - m);
+                    z += *x;
+                }
+                let inv = 1.0 / z;
+                for x in vis.iter_mut() {
+                    *x *= inv;
+                }
+                row[i + 1..].fill(0.0);
             }
+            let mut ob = vec![0f32; rows * d];
+            matmul(&mut ob, &sc, vr, rows, nk, d, false);
+            ob
+        })
+        .collect();
+    let mut out = vec![0f32; batch * t * hq * d];
+    for (task, ob) in parts.into_iter().enumerate() {
+        let (bi, rest) = (task / (hq * blocks), task % (hq * blocks));
+        let (h, blk) = (rest / blocks, rest % blocks);
+        for (ri, row) in ob.chunks(d).enumerate() {
+            let i = blk * ROW_BLOCK + ri;
+            let off = (bi * t + i) * hq * d + h * d;
+            out[off..off + d].copy_from_slice(row);
+        }
+    }
+    out
+}
+
+/// `silu(g) * u` elementwise (SwiGLU), `silu(x) = x / (1 + e^-x)`.
+pub fn silu_mul(g: &[f32], u: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; g.len()];
+    out.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14)).zip(u.par_chunks(1 << 14)).for_each(|((o, g), u)| {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            // e^-|g| is in (0, 1]; fold the sign so exp only ever sees non-positive arguments.
+            let e = exp_neg(-g.abs());
+            let sig = if g >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+            *o = g * sig * u;
         }
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_neg_is_accurate() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let want = (x as f64).exp();
+            let got = exp_neg(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "max relative error {worst:e}");
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert!(exp_neg(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn silu_mul_matches_f64() {
+        let g: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.037).collect();
+        let u: Vec<f32> = (0..1000).map(|i| (i % 13) as f32 * 0.3 - 1.5).collect();
+        let out = silu_mul(&g, &u);
+        for i in 0..1000 {
+            let (gg, uu) = (g[i] as f64, u[i] as f64);
+            let want = gg / (1.0 + (-gg).exp()) * uu;
+            assert!((out[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0), "{i}: {} vs {want}", out[i]);
+        }
+    }
 }

@@ -183,7 +183,16 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `x [B, T, H] -> (out [B, T, H], down_proj input [B, T, I])`.
     pub fn forward_with_down_input(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let act = silu(self.gate.forward(x.clone())) * self.up.forward(x);
+        let act = if is_host_backend::<B>() {
+            let [b, t, _] = x.dims();
+            let dev = x.device();
+            let g = self.gate.forward(x.clone());
+            let i = g.dims()[2];
+            let (g, u) = (download(g), download(self.up.forward(x)));
+            upload(crate::engine::attention_cpu::silu_mul(&g, &u), [b, t, i], &dev)
+        } else {
+            silu(self.gate.forward(x.clone())) * self.up.forward(x)
+        };
         (self.down.forward(act.clone()), act)
     }
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
