@@ -1,0 +1,121 @@
+//! End to end on the real model (SmolLM2-135M, from `make fixtures`), through the `awqc` binary:
+//! the perplexity sanity anchor, the goldens CI enforces (fp, RTN and AWQ at group 64), AWQ
+//! beating RTN, and byte-identical outputs across runs and thread counts.
+//! These are the slow tests; they run one at a time (a process-wide lock).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("AWQC_FIXTURES").map(PathBuf::from).unwrap_or_else(|| root().join("fixtures"))
+}
+
+fn smollm() -> PathBuf {
+    let p = fixtures().join("smollm2-hf");
+    assert!(p.join("model.safetensors").exists(), "{} missing: run `make fixtures`", p.display());
+    assert!(root().join("calib_data/build/c4.parquet").exists(), "calib_data/build missing: run `make fixtures`");
+    p
+}
+
+fn awqc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_awqc")).args(args).current_dir(root()).output().expect("run awqc");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn awqc_ok(args: &[&str]) -> serde_json::Value {
+    let (code, out, err) = awqc(args);
+    assert_eq!(code, 0, "awqc {args:?} failed:\n{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("awqc {args:?}: stdout is not JSON ({e}):\n{out}"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("awqc-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn sanity_anchor_first_512_tokens_of_raw_wiki() {
+    let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let m = smollm();
+    let wiki = fixtures().join("text/wiki.utf8");
+    let r = awqc_ok(&["--json", "eval", "--model", m.to_str().unwrap(), "--raw-text", wiki.to_str().unwrap(), "--seqlen", "512", "--windows", "1"]);
+    let ppl = r["ppl"].as_f64().unwrap();
+    // An independent numpy implementation gave 11.79; the wrong RoPE convention gives ~200.
+    assert!((ppl - 11.79).abs() <= 0.05, "sanity anchor PPL {ppl}, expected 11.79 +- 0.05");
+    assert_eq!(r["tokens_scored"], 511);
+}
+
+/// Quantize SmolLM2 and check its ci-protocol perplexity against `goldens/smollm2-135m.json`.
+fn quantize_and_check(name: &str, extra: &[&str]) -> f64 {
+    let m = smollm();
+    let out = tmp(name);
+    let mut args = vec!["--json", "quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    awqc_ok(&args);
+    let golden = root().join("goldens/smollm2-135m.json");
+    let r = awqc_ok(&["--json", "eval", "--model", out.to_str().unwrap(), "--check", golden.to_str().unwrap(), "--golden", name]);
+    assert_eq!(r["check"]["pass"], true, "{name}: {}", r["check"]);
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_file(out.with_file_name(format!("{}.report.json", out.file_name().unwrap().to_string_lossy())));
+    r["ppl"].as_f64().unwrap()
+}
+
+#[test]
+fn goldens_fp_rtn_awq_and_awq_beats_rtn() {
+    let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let m = smollm();
+    let golden = root().join("goldens/smollm2-135m.json");
+    let fp = awqc_ok(&["--json", "eval", "--model", m.to_str().unwrap(), "--check", golden.to_str().unwrap(), "--golden", "fp"]);
+    assert_eq!(fp["check"]["pass"], true, "fp: {}", fp["check"]);
+    let fp = fp["ppl"].as_f64().unwrap();
+    let rtn = quantize_and_check("rtn-g64", &["--w-group-size", "64", "--calib-samples", "0"]);
+    let awq = quantize_and_check("awq-g64-ci", &["--w-group-size", "64", "--calib-dataset", "c4", "--calib-samples", "4", "--calib-seqlen", "512"]);
+    eprintln!("fp {fp:.4}  rtn-g64 {rtn:.4}  awq-g64-ci {awq:.4}");
+    assert!(awq < rtn, "AWQ {awq} must beat RTN {rtn}");
+    assert!((awq - fp) <= 0.6 * (rtn - fp), "AWQ gap {} is more than 60% of RTN's {}", awq - fp, rtn - fp);
+}
+
+fn sha256_dir(dir: &Path) -> Vec<(String, String)> {
+    use sha2::Digest;
+    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let h = sha2::Sha256::digest(std::fs::read(&p).unwrap());
+            (p.file_name().unwrap().to_string_lossy().to_string(), format!("{h:x}"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn quantized_files_are_byte_identical_across_runs_and_thread_counts() {
+    let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let m = smollm();
+    let mut hashes = Vec::new();
+    for (run, threads) in [("a", "2"), ("b", "2"), ("c", "1")] {
+        let out = tmp(&format!("det-{run}"));
+        let st = Command::new(env!("CARGO_BIN_EXE_awqc"))
+            .args(["--quiet", "quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--w-group-size", "64",
+                "--calib-dataset", "c4", "--calib-samples", "2", "--calib-seqlen", "128"])
+            .env("RAYON_NUM_THREADS", threads)
+            .current_dir(root())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        hashes.push(sha256_dir(&out));
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    assert!(hashes[0].iter().any(|(n, _)| n == "model.safetensors"));
+    assert_eq!(hashes[0], hashes[1], "two runs differ");
+    assert_eq!(hashes[0], hashes[2], "1 thread and 2 threads differ");
+}
