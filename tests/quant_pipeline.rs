@@ -71,6 +71,7 @@ fn attn_setup(c: &ModelConfig, w: &LayerWeights, dev: &burn::tensor::Device<B>) 
             n_heads: c.num_attention_heads,
             n_kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
+            kv_bits: None,
         },
         rope,
         mask: causal_mask::<B>(c.num_attention_heads / c.num_key_value_heads, s, dev),

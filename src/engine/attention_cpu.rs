@@ -62,7 +62,9 @@ const ROW_BLOCK: usize = 64;
 /// Query at position i attends to keys 0..=i of its own sequence; query head h uses KV head
 /// `h / (Hq/Hkv)`. Per task: scores of a block of query rows against the keys it can see (one
 /// GEMM, so the causal upper triangle beyond the block is skipped), softmax, then one GEMM with V.
-pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], cos: &[f32], sin: &[f32], s: AttnShape) -> Vec<f32> {
+/// `kv_bits`: read K and V through a quantized KV cache (int8 / int4 per token and head, K after
+/// RoPE), exactly as decoding from such a cache would.
+pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], cos: &[f32], sin: &[f32], s: AttnShape, kv_bits: Option<u32>) -> Vec<f32> {
     let AttnShape { batch, seq: t, heads: hq, kv_heads: hkv, head_dim: d } = s;
     let g = hq / hkv;
     let scale = 1.0 / (d as f32).sqrt();
@@ -77,6 +79,10 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], cos: &[f32], sin: &[f32
                 let off = (bi * t + p) * hkv * d + h * d;
                 rope_into(&mut kr[p * d..(p + 1) * d], &k[off..off + d], cos, sin, p);
                 vr[p * d..(p + 1) * d].copy_from_slice(&v[off..off + d]);
+                if let Some(bits) = kv_bits {
+                    crate::engine::kv_cache::fake_quantize_row(&mut kr[p * d..(p + 1) * d], bits);
+                    crate::engine::kv_cache::fake_quantize_row(&mut vr[p * d..(p + 1) * d], bits);
+                }
             }
             (kr, vr)
         })

@@ -108,6 +108,15 @@ pub fn causal_mask<B: Backend>(g: usize, t: usize, dev: &B::Device) -> Tensor<B,
     upload(m, [g * t, t], dev)
 }
 
+/// Quantize-dequantize every `[.., D]` row of a `[B, H, T, D]` tensor with the KV-cache quantizer.
+fn fake_quant_rows<B: Backend>(x: Tensor<B, 4>, bits: u32) -> Tensor<B, 4> {
+    let dims = x.dims();
+    let dev = x.device();
+    let mut h = download(x);
+    h.chunks_mut(dims[3]).for_each(|row| crate::engine::kv_cache::fake_quantize_row(row, bits));
+    upload(h, dims, &dev)
+}
+
 /// Grouped-query self-attention block (without the residual).
 #[derive(Clone, Debug)]
 pub struct Attention<B: Backend> {
@@ -118,6 +127,8 @@ pub struct Attention<B: Backend> {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Read K/V through an int8/int4 KV cache (`--quant-policy`), `None` = full precision.
+    pub kv_bits: Option<u32>,
 }
 
 /// Whether backend `B` computes on host memory, where the fused host attention is much faster
@@ -138,7 +149,7 @@ impl<B: Backend> Attention<B> {
             let v = download(self.v.forward(x));
             let (cos, sin) = (download(rope.cos.clone()), download(rope.sin.clone()));
             let shape = crate::engine::attention_cpu::AttnShape { batch: b, seq: t, heads: hq, kv_heads: hkv, head_dim: d };
-            let ctx = crate::engine::attention_cpu::causal_attention(&q, &k, &v, &cos, &sin, shape);
+            let ctx = crate::engine::attention_cpu::causal_attention(&q, &k, &v, &cos, &sin, shape, self.kv_bits);
             let ctx: Tensor<B, 3> = upload(ctx, [b, t, hq * d], &x_device(&self.q.w));
             return (self.o.forward(ctx.clone()), ctx);
         }
@@ -155,7 +166,13 @@ impl<B: Backend> Attention<B> {
         let k = self.k.forward(x.clone()).reshape([b, t, hkv, d]).swap_dims(1, 2);
         let v = self.v.forward(x).reshape([b, t, hkv, d]).swap_dims(1, 2);
         let q = apply_rope(q, rope);
-        let k = apply_rope(k, rope);
+        let mut k = apply_rope(k, rope);
+        let mut v = v;
+        if let Some(bits) = self.kv_bits {
+            // Round-trip K (after RoPE) and V through the per-(token, head) cache quantizer.
+            k = fake_quant_rows(k, bits);
+            v = fake_quant_rows(v, bits);
+        }
         // Query head h = kv*G + g (HF repeat_kv order): fold the G heads of each KV head into the
         // row dim, so one batched matmul per KV head serves all its query heads.
         let q = q.reshape([b, hkv, g * t, d]);
@@ -238,6 +255,7 @@ impl<B: Backend> DecoderLayer<B> {
                 n_heads: c.num_attention_heads,
                 n_kv_heads: c.num_key_value_heads,
                 head_dim: c.head_dim,
+                kv_bits: None,
             },
             mlp_norm: upload(w.mlp_norm.clone(), [c.hidden_size], dev),
             mlp: Mlp {

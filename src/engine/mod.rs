@@ -1,8 +1,10 @@
 //! The inference engine: the decoder as burn tensors (generic over CPU, CUDA and wgpu backends),
 //! RoPE and its scaling variants, perplexity, device selection.
 pub mod attention_cpu;
+pub mod decode;
 pub mod device;
 pub mod golden;
+pub mod kv_cache;
 pub mod llama;
 pub mod load;
 pub mod ppl;

@@ -206,6 +206,7 @@ fn inspector<B: Backend>(g: ScaleGroup, w: &LayerWeights, c: &ModelConfig, chain
                 n_heads: c.num_attention_heads,
                 n_kv_heads: c.num_key_value_heads,
                 head_dim: c.head_dim,
+                kv_bits: None,
             },
             rope: chain.rope.clone(),
             mask: chain.mask.clone(),

@@ -1,0 +1,357 @@
+//! The block KV cache (awq-reference §7), host implementation.
+//!
+//! - Blocks hold `block_len` (64) tokens for **all layers**. Per layer a block stores K and V as
+//!   `[kv_head][token][head_dim]` plus, when quantized, one `(scale, zero)` f16 pair per
+//!   (kv_head, token) for K and for V.
+//! - `quant_policy`: 0 = the compute dtype (f32 on the CPU), 8 = int8, 4 = int4. Quantization is
+//!   online and per (token, KV head) over head_dim, asymmetric with a real-valued zero:
+//!   `lo = min, hi = max, scale = f16((hi - lo) / (2^b - 1)), zero = f16(lo)`,
+//!   `q = clamp(round_half_even((x - zero) / scale), 0, 2^b - 1)`, `x ≈ q·scale + zero`.
+//!   K is quantized after RoPE.
+//! - Capacity: `blocks = floor(free_bytes · cache_max_entry_count / block_bytes)`, with free
+//!   memory measured after the weights are loaded (TurboMind's rule). Blocks are allocated on
+//!   demand up to that capacity, so a CPU run does not commit gigabytes it never uses.
+
+use crate::error::{Error, Result};
+use half::f16;
+
+pub const BLOCK_LEN: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum QuantPolicy {
+    /// Cache in the compute dtype.
+    None,
+    Int8,
+    Int4,
+}
+
+impl QuantPolicy {
+    pub fn from_flag(v: u32) -> Result<Self> {
+        match v {
+            0 => Ok(QuantPolicy::None),
+            8 => Ok(QuantPolicy::Int8),
+            4 => Ok(QuantPolicy::Int4),
+            other => Err(Error::usage(format!("--quant-policy {other}: expected 0 (no KV quantization), 8 (int8) or 4 (int4)"))),
+        }
+    }
+    pub fn bits(self) -> Option<u32> {
+        match self {
+            QuantPolicy::None => None,
+            QuantPolicy::Int8 => Some(8),
+            QuantPolicy::Int4 => Some(4),
+        }
+    }
+}
+
+/// Quantize one head vector: `(codes, scale, zero)`.
+pub fn quantize_row(x: &[f32], bits: u32) -> (Vec<u8>, f16, f16) {
+    let max_q = ((1u32 << bits) - 1) as f32;
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for &v in x {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    let scale = f16::from_f32((hi - lo) / max_q);
+    let zero = f16::from_f32(lo);
+    let (s, z) = (scale.to_f32(), zero.to_f32());
+    // A constant row has scale 0: every code is 0 and dequantizes to the zero point.
+    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+    let q = x.iter().map(|&v| ((v - z) * inv).round_ties_even().clamp(0.0, max_q) as u8).collect();
+    (q, scale, zero)
+}
+
+/// `x ≈ q·scale + zero`.
+#[inline]
+pub fn dequantize_row(q: &[u8], scale: f16, zero: f16, out: &mut [f32]) {
+    let (s, z) = (scale.to_f32(), zero.to_f32());
+    for (o, &c) in out.iter_mut().zip(q) {
+        *o = c as f32 * s + z;
+    }
+}
+
+/// Quantize-dequantize one head vector in place: what attention reads back from a quantized cache.
+pub fn fake_quantize_row(x: &mut [f32], bits: u32) {
+    let (q, s, z) = quantize_row(x, bits);
+    dequantize_row(&q, s, z, x);
+}
+
+/// Layout and size of the cache for one model.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLayout {
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub policy: QuantPolicy,
+}
+
+impl CacheLayout {
+    /// Bytes per stored value (int4 packs two per byte).
+    fn value_bits(&self) -> usize {
+        match self.policy {
+            QuantPolicy::None => 32,
+            QuantPolicy::Int8 => 8,
+            QuantPolicy::Int4 => 4,
+        }
+    }
+    /// Bytes of one block: `layers · kv_heads · 2 · block_len · (head_dim·bits/8 + params)`.
+    pub fn block_bytes(&self) -> usize {
+        let params = if self.policy == QuantPolicy::None { 0 } else { 4 };
+        self.layers * self.kv_heads * 2 * BLOCK_LEN * (self.head_dim * self.value_bits() / 8 + params)
+    }
+    /// Number of blocks TurboMind would allocate for `free_bytes` of free memory.
+    pub fn blocks_for(&self, free_bytes: usize, cache_max_entry_count: f64) -> Result<usize> {
+        if !(cache_max_entry_count > 0.0 && cache_max_entry_count < 1.0) {
+            return Err(Error::usage(format!(
+                "--cache-max-entry-count {cache_max_entry_count}: must be a fraction of free memory in (0, 1)"
+            )));
+        }
+        Ok((free_bytes as f64 * cache_max_entry_count / self.block_bytes() as f64).floor() as usize)
+    }
+}
+
+/// Free memory of this machine (`MemAvailable`), for sizing the host cache.
+pub fn host_free_bytes() -> usize {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok()))
+        .map(|kb| kb * 1024)
+        .unwrap_or(1 << 30)
+}
+
+/// One block: per layer, K and V values `[kv_head][token][head_dim]` and params `[kv_head][token]`.
+struct Block {
+    /// f32 values (policy 0).
+    kf: Vec<f32>,
+    vf: Vec<f32>,
+    /// Codes, one per byte before packing (int8), or two per byte (int4, low nibble first).
+    kq: Vec<u8>,
+    vq: Vec<u8>,
+    /// (scale, zero) per (layer, kv_head, token).
+    kp: Vec<(f16, f16)>,
+    vp: Vec<(f16, f16)>,
+}
+
+/// The block pool and block tables of the sequences using it.
+pub struct KvCache {
+    pub layout: CacheLayout,
+    pub capacity: usize,
+    blocks: Vec<Block>,
+}
+
+/// A sequence in the cache: its block table and length, and its RoPE frequencies, fixed at the
+/// start of the sequence from the prompt length (dynamic NTK, TurboMind semantics).
+#[derive(Debug, Clone, Default)]
+pub struct SeqState {
+    pub blocks: Vec<usize>,
+    pub len: usize,
+    /// `inv_freq[d/2]` and the attention (cos/sin) scale for this sequence.
+    pub inv_freq: Vec<f64>,
+    pub rope_scale: f64,
+}
+
+impl SeqState {
+    /// A new sequence whose prompt has `prompt_len` tokens.
+    pub fn new(rope: &crate::engine::rope::Rope, prompt_len: usize) -> Self {
+        let (inv_freq, rope_scale) = rope.inv_freq(prompt_len);
+        SeqState { blocks: Vec::new(), len: 0, inv_freq, rope_scale }
+    }
+}
+
+impl KvCache {
+    pub fn new(layout: CacheLayout, capacity: usize) -> Self {
+        KvCache { layout, capacity, blocks: Vec::new() }
+    }
+
+    fn per_layer_values(&self) -> usize {
+        self.layout.kv_heads * BLOCK_LEN * self.layout.head_dim
+    }
+
+    fn new_block(&self) -> Block {
+        let l = self.layout;
+        let n = l.layers * self.per_layer_values();
+        let np = l.layers * l.kv_heads * BLOCK_LEN;
+        let zero = (f16::ZERO, f16::ZERO);
+        match l.policy {
+            QuantPolicy::None => Block { kf: vec![0.0; n], vf: vec![0.0; n], kq: vec![], vq: vec![], kp: vec![], vp: vec![] },
+            QuantPolicy::Int8 => Block { kf: vec![], vf: vec![], kq: vec![0; n], vq: vec![0; n], kp: vec![zero; np], vp: vec![zero; np] },
+            QuantPolicy::Int4 => Block { kf: vec![], vf: vec![], kq: vec![0; n / 2], vq: vec![0; n / 2], kp: vec![zero; np], vp: vec![zero; np] },
+        }
+    }
+
+    /// Make room for one more token of `seq` (allocates a block at block boundaries).
+    pub fn reserve(&mut self, seq: &mut SeqState) -> Result<()> {
+        if seq.len % BLOCK_LEN == 0 && seq.len / BLOCK_LEN == seq.blocks.len() {
+            if self.blocks.len() >= self.capacity {
+                return Err(Error::usage(format!(
+                    "KV cache full: {} blocks of {BLOCK_LEN} tokens ({} tokens); raise --cache-max-entry-count",
+                    self.capacity,
+                    self.capacity * BLOCK_LEN
+                )));
+            }
+            self.blocks.push(self.new_block());
+            seq.blocks.push(self.blocks.len() - 1);
+        }
+        Ok(())
+    }
+
+    /// Store K (already RoPE'd) and V rows `[kv_heads·head_dim]` of layer `layer` at position
+    /// `pos` (< seq.len after `reserve`+advance).
+    pub fn write(&mut self, seq: &SeqState, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let l = self.layout;
+        let d = l.head_dim;
+        let pv = self.per_layer_values();
+        let b = &mut self.blocks[seq.blocks[pos / BLOCK_LEN]];
+        let t = pos % BLOCK_LEN;
+        for h in 0..l.kv_heads {
+            let off = layer * pv + (h * BLOCK_LEN + t) * d;
+            let pidx = (layer * l.kv_heads + h) * BLOCK_LEN + t;
+            let (kr, vr) = (&k[h * d..(h + 1) * d], &v[h * d..(h + 1) * d]);
+            match l.policy {
+                QuantPolicy::None => {
+                    b.kf[off..off + d].copy_from_slice(kr);
+                    b.vf[off..off + d].copy_from_slice(vr);
+                }
+                QuantPolicy::Int8 => {
+                    let (q, s, z) = quantize_row(kr, 8);
+                    b.kq[off..off + d].copy_from_slice(&q);
+                    b.kp[pidx] = (s, z);
+                    let (q, s, z) = quantize_row(vr, 8);
+                    b.vq[off..off + d].copy_from_slice(&q);
+                    b.vp[pidx] = (s, z);
+                }
+                QuantPolicy::Int4 => {
+                    let (q, s, z) = quantize_row(kr, 4);
+                    pack4(&mut b.kq[off / 2..(off + d) / 2], &q);
+                    b.kp[pidx] = (s, z);
+                    let (q, s, z) = quantize_row(vr, 4);
+                    pack4(&mut b.vq[off / 2..(off + d) / 2], &q);
+                    b.vp[pidx] = (s, z);
+                }
+            }
+        }
+    }
+
+    /// Read back K and V of (layer, kv head) for positions `0..n` into `[n, head_dim]` buffers.
+    pub fn read(&self, seq: &SeqState, layer: usize, head: usize, n: usize, k_out: &mut Vec<f32>, v_out: &mut Vec<f32>) {
+        let l = self.layout;
+        let d = l.head_dim;
+        let pv = self.per_layer_values();
+        k_out.resize(n * d, 0.0);
+        v_out.resize(n * d, 0.0);
+        let mut codes = vec![0u8; d];
+        for pos in 0..n {
+            let b = &self.blocks[seq.blocks[pos / BLOCK_LEN]];
+            let t = pos % BLOCK_LEN;
+            let off = layer * pv + (head * BLOCK_LEN + t) * d;
+            let pidx = (layer * l.kv_heads + head) * BLOCK_LEN + t;
+            let (ko, vo) = (&mut k_out[pos * d..(pos + 1) * d], &mut v_out[pos * d..(pos + 1) * d]);
+            match l.policy {
+                QuantPolicy::None => {
+                    ko.copy_from_slice(&b.kf[off..off + d]);
+                    vo.copy_from_slice(&b.vf[off..off + d]);
+                }
+                QuantPolicy::Int8 => {
+                    dequantize_row(&b.kq[off..off + d], b.kp[pidx].0, b.kp[pidx].1, ko);
+                    dequantize_row(&b.vq[off..off + d], b.vp[pidx].0, b.vp[pidx].1, vo);
+                }
+                QuantPolicy::Int4 => {
+                    unpack4(&b.kq[off / 2..(off + d) / 2], &mut codes);
+                    dequantize_row(&codes, b.kp[pidx].0, b.kp[pidx].1, ko);
+                    unpack4(&b.vq[off / 2..(off + d) / 2], &mut codes);
+                    dequantize_row(&codes, b.vp[pidx].0, b.vp[pidx].1, vo);
+                }
+            }
+        }
+    }
+
+    pub fn blocks_in_use(&self) -> usize {
+        self.blocks.len()
+    }
+}
+
+/// Two 4-bit codes per byte, low nibble first (element 2i in the low nibble of byte i).
+fn pack4(dst: &mut [u8], q: &[u8]) {
+    for (i, b) in dst.iter_mut().enumerate() {
+        *b = (q[2 * i] & 15) | ((q[2 * i + 1] & 15) << 4);
+    }
+}
+
+fn unpack4(src: &[u8], q: &mut [u8]) {
+    for (i, &b) in src.iter().enumerate() {
+        q[2 * i] = b & 15;
+        q[2 * i + 1] = b >> 4;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_quantization_bounds_and_reference() {
+        let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 - 20.0) * 0.173).collect();
+        for bits in [8, 4] {
+            let (q, s, z) = quantize_row(&x, bits);
+            // Independent reference in f64.
+            let lo = x.iter().cloned().fold(f32::INFINITY, f32::min);
+            let hi = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let maxq = ((1u32 << bits) - 1) as f64;
+            assert_eq!(s, f16::from_f32((hi - lo) / maxq as f32));
+            assert_eq!(z, f16::from_f32(lo));
+            let (sf, zf) = (s.to_f32() as f64, z.to_f32() as f64);
+            for (i, &v) in x.iter().enumerate() {
+                let r = ((v as f64 - zf) / sf).round().clamp(0.0, maxq);
+                assert!((q[i] as f64 - r).abs() <= 1.0, "code {} vs {r}", q[i]);
+                let deq = q[i] as f64 * sf + zf;
+                assert!((deq - v as f64).abs() <= sf / 2.0 + 1e-3 * sf + (zf - lo as f64).abs(), "bits {bits}: {v} -> {deq}");
+            }
+        }
+    }
+
+    #[test]
+    fn cache_round_trip_across_blocks() {
+        for policy in [QuantPolicy::None, QuantPolicy::Int8, QuantPolicy::Int4] {
+            let layout = CacheLayout { layers: 2, kv_heads: 3, head_dim: 8, policy };
+            let mut c = KvCache::new(layout, 4);
+            let mut seq = SeqState::default();
+            let n = 70; // crosses a block boundary
+            let row = |p: usize, s: f32| -> Vec<f32> { (0..24).map(|i| ((p * 31 + i * 7) % 17) as f32 * s - 3.0).collect() };
+            for p in 0..n {
+                c.reserve(&mut seq).unwrap();
+                seq.len += 1;
+                for layer in 0..2 {
+                    c.write(&seq, layer, p, &row(p, 0.5 + layer as f32), &row(p + 1, 0.25));
+                }
+            }
+            assert_eq!(seq.blocks.len(), 2);
+            let (mut k, mut v) = (Vec::new(), Vec::new());
+            c.read(&seq, 1, 2, n, &mut k, &mut v);
+            for p in 0..n {
+                let mut want = row(p, 1.5)[16..24].to_vec();
+                if let Some(b) = policy.bits() {
+                    fake_quantize_row(&mut want, b);
+                }
+                assert_eq!(&k[p * 8..(p + 1) * 8], &want[..], "{policy:?} pos {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn capacity_follows_turbomind_rule() {
+        let l = CacheLayout { layers: 30, kv_heads: 3, head_dim: 64, policy: QuantPolicy::Int8 };
+        // 30 layers * 3 heads * 2 (K,V) * 64 tokens * (64 B + 4 B params) = 783,360 B.
+        assert_eq!(l.block_bytes(), 783_360);
+        assert_eq!(l.blocks_for(1 << 30, 0.8).unwrap(), ((1u64 << 30) as f64 * 0.8 / 783_360.0) as usize);
+        assert!(l.blocks_for(1 << 30, 1.5).is_err());
+        let f = CacheLayout { policy: QuantPolicy::None, ..l };
+        let i4 = CacheLayout { policy: QuantPolicy::Int4, ..l };
+        assert!(f.block_bytes() > l.block_bytes() && l.block_bytes() > i4.block_bytes());
+        let mut c = KvCache::new(f, 1);
+        let mut s = SeqState::default();
+        for _ in 0..BLOCK_LEN {
+            c.reserve(&mut s).unwrap();
+            s.len += 1;
+        }
+        assert!(c.reserve(&mut s).unwrap_err().msg.contains("KV cache full"));
+    }
+}
