@@ -43,6 +43,35 @@ pub struct Args {
     /// The entry of the goldens file to compare with.
     #[arg(long)]
     pub golden: Option<String>,
+    /// Read K/V through a quantized KV cache: 0 = none, 8 = int8, 4 = int4 (TurboMind quant_policy).
+    #[arg(long, default_value_t = 0)]
+    pub quant_policy: u32,
+    /// Override the model's max_position_embeddings (long-context experiments).
+    #[arg(long)]
+    pub max_position_embeddings: Option<usize>,
+    /// Override rope_scaling: `none`, `linear:F`, `dynamic:F` (NTK), `yarn:F`.
+    #[arg(long)]
+    pub rope_scaling: Option<String>,
+}
+
+/// Parse `--rope-scaling`.
+pub fn parse_rope_flag(s: &str) -> Result<crate::model::config::RopeScaling> {
+    use crate::model::config::RopeScaling;
+    let bad = || Error::usage(format!("--rope-scaling {s:?}: expected none, linear:F, dynamic:F or yarn:F"));
+    if s == "none" {
+        return Ok(RopeScaling::None);
+    }
+    let (ty, f) = s.split_once(':').ok_or_else(bad)?;
+    let factor: f64 = f.parse().map_err(|_| bad())?;
+    if !(factor.is_finite() && factor > 0.0) {
+        return Err(bad());
+    }
+    Ok(match ty {
+        "linear" => RopeScaling::Linear { factor },
+        "dynamic" => RopeScaling::Dynamic { factor },
+        "yarn" => RopeScaling::Yarn { factor, beta_fast: 32.0, beta_slow: 1.0, attention_factor: None, original_max_position_embeddings: None },
+        _ => return Err(bad()),
+    })
 }
 
 /// The (seqlen, windows) of a protocol preset, with explicit overrides.
@@ -80,8 +109,18 @@ pub struct EvalOutcome {
     pub format: crate::engine::load::ModelFormat,
 }
 
-fn eval_on<B: Backend>(dev: B::Device, model: &Path, tokens: &[u32], seqlen: usize, windows: Option<usize>) -> Result<EvalOutcome> {
-    let lm = load_model::<B>(model, &LoadOptions::default(), &dev)?;
+/// Engine-side settings of an evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct EvalSettings {
+    pub load: LoadOptions,
+    pub kv_policy: Option<crate::engine::kv_cache::QuantPolicy>,
+}
+
+fn eval_on<B: Backend>(dev: B::Device, model: &Path, tokens: &[u32], seqlen: usize, windows: Option<usize>, set: &EvalSettings) -> Result<EvalOutcome> {
+    let mut lm = load_model::<B>(model, &set.load, &dev)?;
+    if let Some(p) = set.kv_policy {
+        lm.model.set_kv_policy(p);
+    }
     let w = crate::data::eval_text::windows(tokens, seqlen, windows);
     let result = perplexity(&lm.model, &w)?;
     Ok(EvalOutcome { result, format: lm.format })
@@ -89,11 +128,15 @@ fn eval_on<B: Backend>(dev: B::Device, model: &Path, tokens: &[u32], seqlen: usi
 
 /// Evaluate a model with the pinned protocol (used by `eval` and `quantize --eval`).
 pub fn evaluate(model: &Path, tok: &Tokenizer, text: &str, seqlen: usize, windows: Option<usize>, kind: DeviceKind) -> Result<EvalOutcome> {
+    evaluate_with(model, tok, text, seqlen, windows, kind, &EvalSettings::default())
+}
+
+pub fn evaluate_with(model: &Path, tok: &Tokenizer, text: &str, seqlen: usize, windows: Option<usize>, kind: DeviceKind, set: &EvalSettings) -> Result<EvalOutcome> {
     let tokens = tok.encode(text)?;
     if tokens.len() < seqlen {
         return Err(Error::input("evaluation text", format!("only {} tokens, fewer than --seqlen {seqlen}", tokens.len())));
     }
-    crate::with_backend!(kind, eval_on(model, &tokens, seqlen, windows))
+    crate::with_backend!(kind, eval_on(model, &tokens, seqlen, windows, set))
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
@@ -106,13 +149,21 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let format = crate::engine::load::detect_format(&model)?;
     let tok = Tokenizer::from_model_dir(&model)?;
     let text = eval_text(&a.dataset, a.raw_text.as_deref(), a.data_dir.as_deref())?;
-    let out = evaluate(&model, &tok, &text, seqlen, windows, kind)?;
+    let set = EvalSettings {
+        load: LoadOptions {
+            max_position_embeddings: a.max_position_embeddings,
+            rope_scaling: a.rope_scaling.as_deref().map(parse_rope_flag).transpose()?,
+        },
+        kv_policy: Some(crate::engine::kv_cache::QuantPolicy::from_flag(a.quant_policy)?),
+    };
+    let out = evaluate_with(&model, &tok, &text, seqlen, windows, kind, &set)?;
     let r = &out.result;
     let dataset = match &a.raw_text {
         Some(p) => format!("raw:{}", p.display()),
         None => a.dataset.clone(),
     };
     let protocol = Protocol { dataset: dataset.clone(), seqlen, windows: r.windows };
+    let engine = json!({"quant_policy": a.quant_policy, "max_position_embeddings": a.max_position_embeddings, "rope_scaling": a.rope_scaling});
     let check = match (&a.check, &a.golden) {
         (Some(f), Some(name)) => Some(GoldenFile::load(f)?.check(f, name, &protocol, r.ppl)?),
         _ => None,
@@ -121,11 +172,14 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         crate::cli::print_json(&json!({
             "model": model.display().to_string(), "format": format, "device": kind,
             "protocol": protocol, "ppl": r.ppl, "nll": r.nll, "tokens_scored": r.tokens_scored,
-            "seconds": r.seconds, "tokens_per_second": r.tokens_per_second, "check": check,
+            "seconds": r.seconds, "tokens_per_second": r.tokens_per_second, "check": check, "engine": engine,
         }));
     } else {
         println!("model      {} ({:?})", model.display(), format);
         println!("protocol   {dataset}, {} windows x {seqlen} tokens, non-overlapping, from the start", r.windows);
+        if a.quant_policy != 0 || a.max_position_embeddings.is_some() || a.rope_scaling.is_some() {
+            println!("engine     {engine}");
+        }
         println!("PPL        {:.4}", r.ppl);
         println!("scored     {} tokens", r.tokens_scored);
         println!("speed      {:.1} tokens/s ({:.1} s, {:?})", r.tokens_per_second, r.seconds, kind);

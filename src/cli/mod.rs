@@ -10,6 +10,7 @@ pub mod calibrate;
 pub mod convert;
 pub mod data;
 pub mod eval;
+pub mod generate;
 pub mod inspect;
 pub mod quantize;
 
@@ -34,6 +35,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Measure perplexity (the pinned protocol; see README).
     Eval(eval::Args),
+    /// Generate text (streamed) from a model, optionally through its chat template.
+    Generate(generate::Args),
     /// Run the calibration set through the model and save per-channel input statistics.
     Calibrate(calibrate::Args),
     /// Quantize a model to group-wise INT4 with AWQ (or lmdeploy's smoothing) and export it.
@@ -50,6 +53,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Convert(a) => convert::run(a, json),
         Command::Inspect(a) => inspect::run(a, json),
         Command::Eval(a) => eval::run(a, json),
+        Command::Generate(a) => generate::run(a, json),
         Command::Calibrate(a) => calibrate::run(a, json),
         Command::Quantize(a) => quantize::run(a, json),
         Command::Data(a) => data::run(a, json),

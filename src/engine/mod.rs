@@ -3,6 +3,7 @@
 pub mod attention_cpu;
 pub mod decode;
 pub mod device;
+pub mod generate;
 pub mod golden;
 pub mod kv_cache;
 pub mod llama;
