@@ -114,8 +114,13 @@ impl<B: Backend> FpChain<B> {
         let layer = DecoderLayer::from_host(w, &self.config, &self.device);
         let mut ins = LayerInputs { attn_in: vec![], o_in: vec![], mlp_in: vec![], down_in: vec![] };
         let mut next = Vec::with_capacity(self.x.len());
-        for x in self.x.drain(..) {
-            let t = layer.forward_trace(x, &self.rope, &self.mask);
+        // Chunks are independent sequences: trace them concurrently, keep them in order.
+        let traces: Vec<_> = {
+            use rayon::prelude::*;
+            let (rope, mask) = (&self.rope, &self.mask);
+            self.x.par_drain(..).map(|x| layer.forward_trace(x, rope, mask)).collect()
+        };
+        for t in traces {
             ins.attn_in.push(t.attn_in);
             ins.o_in.push(t.o_in);
             ins.mlp_in.push(t.mlp_in);
