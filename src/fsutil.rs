@@ -31,6 +31,7 @@ impl StagedDir {
             .ok_or_else(|| Error::usage(format!("{}: not a valid output path", final_path.display())))?
             .to_string_lossy()
             .to_string();
+        remove_stale_staging(&parent, &name);
         let tmp = parent.join(format!(".{name}.awqc-tmp-{}", std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).at(tmp.display())?;
@@ -88,6 +89,23 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().at(tmp.display())?;
     drop(f);
     std::fs::rename(&tmp, path).at(path.display())
+}
+
+/// Remove staging directories of `name` left by awqc processes that no longer exist (killed jobs).
+fn remove_stale_staging(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.awqc-tmp-");
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let fname = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = fname.strip_prefix(&prefix).and_then(|p| p.split('.').next()).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && pid != std::process::id() {
+            let p = e.path();
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        }
+    }
 }
 
 fn parent_of(p: &Path) -> PathBuf {

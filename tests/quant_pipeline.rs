@@ -124,7 +124,7 @@ fn run(src: &MemSource, blocks: &[Vec<u32>], mode: Mode, clip: bool) -> Quantize
         n_grid: 20,
     };
     let mut sink = CollectSink::default();
-    quantize::<B>(src, blocks, &opts, &mut sink, &Default::default(), |_| {}).unwrap();
+    quantize::<B>(src, blocks, &opts, &mut sink, &Default::default(), None, |_| {}).unwrap();
     sink.model.unwrap()
 }
 

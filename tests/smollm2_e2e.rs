@@ -119,3 +119,63 @@ fn quantized_files_are_byte_identical_across_runs_and_thread_counts() {
     assert_eq!(hashes[0], hashes[1], "two runs differ");
     assert_eq!(hashes[0], hashes[2], "1 thread and 2 threads differ");
 }
+
+#[test]
+fn killed_and_interrupted_jobs_resume_to_identical_files() {
+    let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let m = smollm();
+    let out = tmp("resume");
+    let args = |o: &Path| -> Vec<String> {
+        ["--quiet", "quantize", "--model", m.to_str().unwrap(), "--out", o.to_str().unwrap(), "--w-group-size", "64",
+            "--calib-dataset", "c4", "--calib-samples", "2", "--calib-seqlen", "128"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    // Reference: an uninterrupted run.
+    let reference = tmp("resume-ref");
+    assert!(Command::new(env!("CARGO_BIN_EXE_awqc")).args(args(&reference)).current_dir(root()).status().unwrap().success());
+    let want = sha256_dir(&reference);
+    let state = out.with_file_name(format!("{}.awqc-state", out.file_name().unwrap().to_string_lossy()));
+    let wait_for_layers = |n: usize, child: &mut std::process::Child| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let done = std::fs::read_dir(&state).map(|d| d.filter(|e| e.as_ref().map(|e| e.file_name().to_string_lossy().starts_with("layer-")).unwrap_or(false)).count()).unwrap_or(0);
+            if done >= n {
+                return;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "job ended before it could be interrupted");
+            assert!(t0.elapsed().as_secs() < 600, "no progress");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    // 1. SIGKILL in the middle of the job.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_awqc")).args(args(&out)).current_dir(root()).spawn().unwrap();
+    wait_for_layers(3, &mut child);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed job must not leave an output under the final name");
+    // 2. Resume, then Ctrl-C (SIGINT) a few layers later: a clean stop with a resume hint.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_awqc")).args(args(&out)).current_dir(root())
+        .stderr(std::process::Stdio::piped()).spawn().unwrap();
+    wait_for_layers(8, &mut child);
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("run the same command again to resume"), "{err}");
+    assert!(!out.exists());
+    // 3. Finish.
+    assert!(Command::new(env!("CARGO_BIN_EXE_awqc")).args(args(&out)).current_dir(root()).status().unwrap().success());
+    assert_eq!(sha256_dir(&out), want, "resumed output differs from an uninterrupted run");
+    assert!(!state.exists(), "the state directory is removed when the job completes");
+    let parent_left: Vec<String> = std::fs::read_dir(out.parent().unwrap()).unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("awqc-tmp") && n.contains("resume"))
+        .collect();
+    assert!(parent_left.is_empty(), "staging directories left behind: {parent_left:?}");
+    for d in [&out, &reference] {
+        let _ = std::fs::remove_dir_all(d);
+        let _ = std::fs::remove_file(d.with_file_name(format!("{}.report.json", d.file_name().unwrap().to_string_lossy())));
+    }
+}

@@ -153,7 +153,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         let mut sink = Box::new(crate::formats::awq_gemm::AwqWriter::new(&out, true).with_tokenizer_from(&model));
         let pb = crate::progress::bar(src.config().num_hidden_layers as u64, "quantize");
         let t0 = Instant::now();
-        let rep = quantize::<CpuBackend>(&src, &blocks, &opts, sink.as_mut(), &dev, |_| pb.inc(1))?;
+        let rep = quantize::<CpuBackend>(&src, &blocks, &opts, sink.as_mut(), &dev, None, |_| pb.inc(1))?;
         crate::quant::qmodel::QuantSink::finish(sink)?;
         let total = t0.elapsed().as_secs_f64();
         pb.finish_and_clear();

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::quant::int4::QuantParams;
 use crate::quant::pipeline::{quantize, HfSource, LayerSource, Mode, QuantReport, QuantizeOptions};
 use crate::quant::qmodel::{QuantSink, TeeSink};
+use crate::quant::resume::JobState;
 use burn::tensor::backend::Backend;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -49,9 +50,12 @@ pub struct Args {
     /// Skip the clip search.
     #[arg(long)]
     pub no_clip: bool,
-    /// Replace existing outputs.
+    /// Replace existing outputs (and discard a resume state that belongs to another job).
     #[arg(long)]
     pub force: bool,
+    /// Start from layer 0 even if a resume state of this job exists.
+    #[arg(long)]
+    pub no_resume: bool,
     /// After quantizing, print the fp / RTN / AWQ perplexity table (ci protocol).
     #[arg(long)]
     pub eval: bool,
@@ -82,10 +86,17 @@ fn options(a: &Args) -> Result<QuantizeOptions> {
     })
 }
 
-fn run_on<B: Backend>(dev: B::Device, src: &HfSource, blocks: &[Vec<u32>], opts: &QuantizeOptions, sink: &mut dyn QuantSink) -> Result<QuantReport> {
+fn run_on<B: Backend>(
+    dev: B::Device,
+    src: &HfSource,
+    blocks: &[Vec<u32>],
+    opts: &QuantizeOptions,
+    sink: &mut dyn QuantSink,
+    resume: Option<(&JobState, usize)>,
+) -> Result<QuantReport> {
     let n = src.config().num_hidden_layers;
     let pb = crate::progress::bar(n as u64, "quantize");
-    let r = quantize::<B>(src, blocks, opts, sink, &dev, |l| {
+    let r = quantize::<B>(src, blocks, opts, sink, &dev, resume, |l| {
         let a: Vec<String> = l.groups.iter().map(|g| format!("{}={:.2}", g.group, g.alpha)).collect();
         pb.set_message(format!("layer {} ({:.1}s) alpha {}", l.layer, l.seconds, a.join(" ")));
         pb.inc(1);
@@ -149,10 +160,32 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         sinks.push(Box::new(crate::formats::turbomind::TurbomindWriter::new(tm, a.force).with_tokenizer_from(&model)));
     }
     let mut tee = Box::new(TeeSink(sinks));
-    let mut rep = crate::with_backend!(kind, run_on(&src, &blocks, &opts, tee.as_mut()))?;
+    // Resume state: only calibrated jobs have anything worth saving.
+    let state = if blocks.is_empty() {
+        None
+    } else {
+        let opts_json = json!({"options": opts, "bits": opts.params.bits, "group": opts.params.group, "device": kind,
+            "turbomind": a.turbomind_out.is_some()});
+        let fp = crate::quant::resume::job_fingerprint(&model, &blocks, &opts_json)?;
+        let dir = JobState::dir_for(&a.out);
+        if a.no_resume && dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+        }
+        let (st, done) = JobState::open(&dir, &fp, a.force)?;
+        if done > 0 {
+            crate::progress::status(&format!("awqc: resuming from layer {done} ({} finished layers in {})", done, dir.display()));
+        }
+        Some((st, done))
+    };
+    crate::quant::resume::install_interrupt_handler();
+    let resume = state.as_ref().map(|(st, d)| (st, *d));
+    let mut rep = crate::with_backend!(kind, run_on(&src, &blocks, &opts, tee.as_mut(), resume))?;
     let t0 = std::time::Instant::now();
     tee.finish()?;
     rep.timings.export += t0.elapsed().as_secs_f64();
+    if let Some((st, _)) = state {
+        st.finish()?;
+    }
 
     let report = json!({
         "model": model.display().to_string(), "out": a.out.display().to_string(),
@@ -229,7 +262,7 @@ fn rtn_ppl<B: Backend>(dev: B::Device, src: &HfSource, bits: u32, group: usize, 
         n_grid: 20,
     };
     let mut sink = crate::quant::qmodel::CollectSink::default();
-    quantize::<B>(src, &[], &opts, &mut sink, &dev, |_| {})?;
+    quantize::<B>(src, &[], &opts, &mut sink, &dev, None, |_| {})?;
     let qm = sink.model.ok_or_else(|| Error::internal("RTN produced no model"))?;
     let m = crate::engine::llama::Llama::<B>::from_host(&qm.config, &qm.globals, |i| Ok(qm.dequantized_layer(i)), &dev)?;
     let w = crate::data::eval_text::windows(tokens, seqlen, windows);

@@ -423,7 +423,11 @@ pub(crate) mod test_support {
     }
 
     pub fn write_tmp(name: &str, contents: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("awqc-tok-{}", std::process::id()));
+        // One directory per call: tests run in parallel threads of one process
+        // and must never read a file another thread is still writing.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("awqc-tok-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         let p = d.join(name);
         std::fs::write(&p, contents).unwrap();

@@ -108,6 +108,16 @@ impl<B: Backend> FpChain<B> {
         Ok(FpChain { x, rope, mask, seqlen, config: c.clone(), device: dev.clone() })
     }
 
+    /// Advance the stream through full-precision layer `w` without keeping any inputs (replaying a
+    /// layer that an earlier run already finished).
+    pub fn advance(&mut self, w: &LayerWeights) -> Result<()> {
+        use rayon::prelude::*;
+        let layer = DecoderLayer::from_host(w, &self.config, &self.device);
+        let (rope, mask) = (&self.rope, &self.mask);
+        self.x = self.x.par_drain(..).map(|x| layer.forward(x, rope, mask)).collect();
+        Ok(())
+    }
+
     /// Run full-precision layer `w` (index `i`, for messages) on the stream: capture every linear's
     /// input, and advance the stream to the layer's output.
     pub fn step(&mut self, i: usize, w: &LayerWeights) -> Result<LayerInputs<B>> {

@@ -16,9 +16,9 @@ pub const N_SAMPLE_TOKENS: usize = 512;
 /// Output channels processed per device batch (bounds the `[G, T', N_b]` buffers).
 const ROW_BATCH: usize = 1024;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ClipResult {
-    pub linear: &'static str,
+    pub linear: String,
     /// Mean of chosen threshold / group absmax over all (row, group).
     pub mean_ratio: f64,
     /// Fraction of (row, group) that were clipped at all.
@@ -38,8 +38,18 @@ pub fn subsample_tokens(x: &[f32], k: usize) -> (Vec<f32>, usize) {
     (out, rows.len())
 }
 
+/// Clamp each (row, group) of `w` (`[N, K]`) to `[-m, m]` with its threshold `m` from `max_val`
+/// (`[N * K/g]`).
+pub fn apply_clip(w: &mut HostTensor, max_val: &[f32], group: usize) {
+    for (vals, &m) in w.data.chunks_mut(group).zip(max_val) {
+        for v in vals {
+            *v = v.clamp(-m, m);
+        }
+    }
+}
+
 /// Search and apply clipping to `w` (`[N, K]`, modified in place) given subsampled inputs `xs`
-/// (`[T', K]`, row-major).
+/// (`[T', K]`, row-major). Returns the report and the chosen thresholds `[N * K/g]`.
 pub fn clip_linear<B: Backend>(
     name: &'static str,
     w: &mut HostTensor,
@@ -47,7 +57,7 @@ pub fn clip_linear<B: Backend>(
     t: usize,
     p: QuantParams,
     dev: &B::Device,
-) -> ClipResult {
+) -> (ClipResult, Vec<f32>) {
     let start = std::time::Instant::now();
     let (n, k) = w.dims2();
     let g = p.group;
@@ -108,27 +118,21 @@ pub fn clip_linear<B: Backend>(
         }
     }
     // Apply: clamp each (row, group) to its best threshold.
+    apply_clip(w, &best_max, g);
     let mut ratio_sum = 0f64;
     let mut clipped = 0usize;
-    for (idx, vals) in w.data.chunks_mut(g).enumerate() {
-        let m = best_max[idx];
-        if absmax[idx] > 0.0 {
-            ratio_sum += (m / absmax[idx]) as f64;
-        } else {
-            ratio_sum += 1.0;
-        }
-        if m < absmax[idx] {
+    for (&m, &a) in best_max.iter().zip(&absmax) {
+        ratio_sum += if a > 0.0 { (m / a) as f64 } else { 1.0 };
+        if m < a {
             clipped += 1;
-        }
-        for v in vals {
-            *v = v.clamp(-m, m);
         }
     }
     let cells = (n * groups).max(1);
-    ClipResult {
-        linear: name,
+    let r = ClipResult {
+        linear: name.to_string(),
         mean_ratio: ratio_sum / cells as f64,
         clipped_fraction: clipped as f64 / cells as f64,
         seconds: start.elapsed().as_secs_f64(),
-    }
+    };
+    (r, best_max)
 }

@@ -10,5 +10,7 @@ pub mod int4;
 pub mod pipeline;
 pub mod qmodel;
 #[cfg(feature = "engine")]
+pub mod resume;
+#[cfg(feature = "engine")]
 pub mod search;
 pub mod stats;

@@ -16,7 +16,8 @@ use crate::model::arch::{self, GlobalWeights, LayerWeights, LinearKind, ScaleGro
 use crate::model::config::ModelConfig;
 use crate::model::weights::SafetensorsRepo;
 use crate::quant::calibrate::{stats_of, to_host, FpChain, LayerInputs};
-use crate::quant::clip::{clip_linear, subsample_tokens, ClipResult};
+use crate::quant::clip::{apply_clip, clip_linear, subsample_tokens, ClipResult};
+use crate::quant::resume::{JobState, LayerResult};
 use crate::quant::fold::{fold_group, normalize_scales, zero_norm_channels};
 use crate::quant::int4::{QuantParams, QuantizedLinear};
 use crate::quant::qmodel::{QuantSink, QuantizedLayer};
@@ -112,12 +113,15 @@ pub struct QuantizeOptions {
 }
 
 /// What happened in one layer.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
 pub struct LayerReport {
     pub layer: usize,
     pub groups: Vec<GroupSearch>,
     pub clips: Vec<ClipResult>,
     pub seconds: f64,
+    /// Replayed from a resume state rather than computed in this run.
+    #[serde(default)]
+    pub resumed: bool,
 }
 
 /// Wall time per pipeline step (seconds).
@@ -284,12 +288,15 @@ fn scale_inputs<B: Backend>(chunks: &mut [Tensor<B, 3>], s: &[f64], dev: &B::Dev
 }
 
 /// Run the whole job. `blocks` are the calibration token blocks (empty = RTN).
+/// `resume`: a job state and the number of layers it already holds; those layers are replayed
+/// from the saved results, and every newly finished layer is saved to it.
 pub fn quantize<B: Backend>(
     src: &dyn LayerSource,
     blocks: &[Vec<u32>],
     opts: &QuantizeOptions,
     sink: &mut dyn QuantSink,
     dev: &B::Device,
+    resume: Option<(&JobState, usize)>,
     mut on_layer: impl FnMut(&LayerReport),
 ) -> Result<QuantReport> {
     let c = src.config().clone();
@@ -322,7 +329,22 @@ pub fn quantize<B: Backend>(
         check_finite(i, &w, &c)?;
         let mut lr = LayerReport { layer: i, ..Default::default() };
 
-        if let Some(chain) = chain.as_mut() {
+        let replay = resume.filter(|(_, done)| i < *done).map(|(st, _)| st);
+        if let (Some(chain), Some(st)) = (chain.as_mut(), replay) {
+            // A layer finished by an earlier run: advance the stream and re-apply its result.
+            let t0 = Instant::now();
+            chain.advance(&w)?;
+            rep.timings.calibration += t0.elapsed().as_secs_f64();
+            let r = st.load_layer(i)?;
+            for (g, s) in &r.scales {
+                fold_group(&mut w, *g, s);
+            }
+            for (k, c) in &r.clips {
+                apply_clip(&mut w.linear_mut(*k).w, c, p.group);
+            }
+            lr = r.report;
+            lr.resumed = true;
+        } else if let Some(chain) = chain.as_mut() {
             let t0 = Instant::now();
             let mut ins: LayerInputs<B> = chain.step(i, &w)?;
             rep.timings.calibration += t0.elapsed().as_secs_f64();
@@ -369,11 +391,11 @@ pub fn quantize<B: Backend>(
                             rep.search_flops += search_flops(g, &c, tokens, seqlen, opts.n_grid);
                             let alpha = ratio_sum / n.max(1) as f64;
                             let s = lmdeploy_scales(&stats.absmean(), &ws, p.group, alpha, fixed.as_deref());
-                            lr.groups.push(GroupSearch { group: g.name(), alpha, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], scales: s.clone(), seconds: 0.0 });
+                            lr.groups.push(GroupSearch { group: g.name().to_string(), alpha, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], scales: s.clone(), seconds: 0.0 });
                             s
                         } else {
                             let s = lmdeploy_scales(&stats.absmax, &ws, p.group, 0.5, fixed.as_deref());
-                            lr.groups.push(GroupSearch { group: g.name(), alpha: 0.5, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], scales: s.clone(), seconds: 0.0 });
+                            lr.groups.push(GroupSearch { group: g.name().to_string(), alpha: 0.5, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], scales: s.clone(), seconds: 0.0 });
                             s
                         }
                     }
@@ -391,6 +413,7 @@ pub fn quantize<B: Backend>(
             rep.timings.search += t0.elapsed().as_secs_f64();
 
             // 4. clip search: every linear but q and k.
+            let mut clips: Vec<(LinearKind, Vec<f32>)> = Vec::new();
             if opts.mode == Mode::Awq && opts.clip {
                 let t0 = Instant::now();
                 for k in [LinearKind::V, LinearKind::O, LinearKind::Gate, LinearKind::Up, LinearKind::Down] {
@@ -400,10 +423,15 @@ pub fn quantize<B: Backend>(
                     drop(x);
                     let (n, _) = w.linear(k).w.dims2();
                     rep.search_flops += 2.0 * (crate::quant::clip::MAX_SHRINK * crate::quant::clip::N_GRID as f64 + 1.0) * (t * kk * n) as f64;
-                    let r = clip_linear::<B>(k.short(), &mut w.linear_mut(k).w, &xs, t, p, dev);
+                    let (r, thresholds) = clip_linear::<B>(k.short(), &mut w.linear_mut(k).w, &xs, t, p, dev);
                     lr.clips.push(r);
+                    clips.push((k, thresholds));
                 }
                 rep.timings.clip += t0.elapsed().as_secs_f64();
+            }
+            lr.seconds = layer_start.elapsed().as_secs_f64();
+            if let Some((st, _)) = resume {
+                st.save_layer(i, &LayerResult { scales, clips, report: lr.clone() })?;
             }
         }
 
@@ -415,9 +443,18 @@ pub fn quantize<B: Backend>(
         let t0 = Instant::now();
         sink.write_layer(i, &ql)?;
         rep.timings.export += t0.elapsed().as_secs_f64();
-        lr.seconds = layer_start.elapsed().as_secs_f64();
+        if !lr.resumed {
+            lr.seconds = layer_start.elapsed().as_secs_f64();
+        }
         on_layer(&lr);
         rep.layers.push(lr);
+        if crate::quant::resume::interrupted() {
+            return Err(Error::interrupted(format!(
+                "interrupted after layer {i} of {}; run the same command again to resume from layer {}",
+                c.num_hidden_layers,
+                i + 1
+            )));
+        }
     }
     Ok(rep)
 }

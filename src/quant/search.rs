@@ -116,9 +116,9 @@ pub fn sq_err_sum<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f64 {
 }
 
 /// Outcome of the search for one group.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct GroupSearch {
-    pub group: &'static str,
+    pub group: String,
     /// Best α (grid point index / n_grid).
     pub alpha: f64,
     /// Output MSE with plain round-to-nearest (s = 1).
@@ -128,6 +128,7 @@ pub struct GroupSearch {
     /// Output MSE for every grid point.
     pub losses: Vec<f64>,
     #[serde(skip)]
+    #[serde(default)]
     pub scales: Vec<f64>,
     pub seconds: f64,
 }
@@ -221,7 +222,7 @@ pub fn search_group<B: Backend>(
         }
     }
     GroupSearch {
-        group: group.name(),
+        group: group.name().to_string(),
         alpha: best.1,
         loss_rtn,
         loss_best: best.0,
