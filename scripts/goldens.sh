@@ -42,7 +42,7 @@ for c in "${configs[@]}"; do
     cmd="awqc quantize --model $model --out OUT $flags && awqc eval --model OUT --protocol ci"
   fi
   ppl=$("$awqc" --json eval --model "$m" --protocol ci | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
-  rm -rf "$m" "$m.report.json"
+  if [ -n "$flags" ]; then rm -rf "$m" "$m.report.json"; fi
   echo "$name $ppl"
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$ppl" "$tol" "$cmd" "$note" >>"$results"
 done
