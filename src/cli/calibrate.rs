@@ -50,9 +50,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     if a.calib_samples == 0 {
         return Err(Error::usage("--calib-samples must be at least 1 for calibration"));
     }
-    if a.out.exists() && !a.force {
-        return Err(Error::usage(format!("{}: output path exists (pass --force to replace it)", a.out.display())));
-    }
+    crate::fsutil::check_output_path(&a.out, a.force)?;
     let kind = device::resolve(a.device)?;
     let model = crate::model::weights::resolve_model_path(&a.model)?;
     let src = HfSource::open(&model)?;

@@ -87,11 +87,15 @@ fn eval_on<B: Backend>(dev: B::Device, model: &Path, tokens: &[u32], seqlen: usi
     Ok(EvalOutcome { result, format: lm.format })
 }
 
-/// Evaluate a model with the pinned protocol (used by `eval` and `quantize --eval`).
-pub fn evaluate(model: &Path, tok: &Tokenizer, text: &str, seqlen: usize, windows: Option<usize>, kind: DeviceKind) -> Result<EvalOutcome> {
+/// Evaluate a model with the pinned protocol (used by `eval` and `quantize --eval`). `source`
+/// names the text (its file or dataset) in errors.
+pub fn evaluate(model: &Path, tok: &Tokenizer, text: &str, source: &str, seqlen: usize, windows: Option<usize>, kind: DeviceKind) -> Result<EvalOutcome> {
     let tokens = tok.encode(text)?;
     if tokens.len() < seqlen {
-        return Err(Error::input("evaluation text", format!("only {} tokens, fewer than --seqlen {seqlen}", tokens.len())));
+        return Err(Error::input(
+            source,
+            format!("the evaluation text has only {} tokens, fewer than one window of --seqlen {seqlen}", tokens.len()),
+        ));
     }
     crate::with_backend!(kind, eval_on(model, &tokens, seqlen, windows))
 }
@@ -106,7 +110,8 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let format = crate::engine::load::detect_format(&model)?;
     let tok = Tokenizer::from_model_dir(&model)?;
     let text = eval_text(&a.dataset, a.raw_text.as_deref(), a.data_dir.as_deref())?;
-    let out = evaluate(&model, &tok, &text, seqlen, windows, kind)?;
+    let source = a.raw_text.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| a.dataset.clone());
+    let out = evaluate(&model, &tok, &text, &source, seqlen, windows, kind)?;
     let r = &out.result;
     let dataset = match &a.raw_text {
         Some(p) => format!("raw:{}", p.display()),
