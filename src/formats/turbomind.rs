@@ -952,7 +952,10 @@ fn rope_scaling_from_yaml(y: &YamlFields) -> Result<Value> {
 }
 
 fn read_exact(path: &Path, len: usize, what: &str) -> Result<Vec<u8>> {
-    let md = std::fs::metadata(path).at(path.display())?;
+    let md = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::input(path.display(), format!("missing from the workspace ({what})")),
+        _ => Error::io(path.display(), e),
+    })?;
     if md.len() != len as u64 {
         return Err(Error::input(path.display(), format!("expected {len} bytes ({what}), the file has {}", md.len())));
     }
