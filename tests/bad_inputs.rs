@@ -731,6 +731,24 @@ fn text_and_dataset_files_are_refused() {
             vec![s(&jsonl), "line 2: not valid JSON".into()],
         ),
     ];
+    let mut cases = cases;
+    // Crash inputs the fuzzer found in arrow-ipc (the first byte is the fuzz target's format
+    // selector): a buffer offset past the data (a panic inside the crate) and a footer block of
+    // 3e18 bytes (allocated before reading).
+    let arrow_cases = [
+        ("arrow-ipc-buffer-offset-panic", "malformed data: the decoder failed (the offset of the new Buffer"),
+        ("arrow-ipc-file-block-size-unbounded", "lies outside the file"),
+    ];
+    let mut arrow_files = Vec::new();
+    for (name, want) in arrow_cases {
+        let bytes = read(&fuzz_dir().join("regressions/textfile").join(name));
+        let p = dir.join(format!("{name}.arrow"));
+        std::fs::write(&p, &bytes[1..]).unwrap();
+        arrow_files.push((name, p, want));
+    }
+    for (name, p, want) in &arrow_files {
+        cases.push((name, eval(&[&"--dataset", p]), INPUT, vec![s(p), want.to_string()]));
+    }
     for (label, a, code, want) in cases {
         let w: Vec<&str> = want.iter().map(String::as_str).collect();
         r.refused(label, a, code, &w, &out);
