@@ -552,6 +552,12 @@ fn hf_model_dirs_are_refused_by_every_command() {
             vec!["model.safetensors.index.json: weight_map names shard \"model-00001-of-00001.safetensors\", which is not in".into()],
         ));
     }
+    cases.push((
+        "config-json-absent",
+        Box::new(|d: &Path| std::fs::remove_file(d.join("config.json")).unwrap()),
+        all,
+        vec!["config.json".into()],
+    ));
     {
         let mut c = b.hf_config.clone();
         c["rope_scaling"] = json!({"rope_type": "su", "factor": 2.0});
@@ -1000,9 +1006,19 @@ fn quantized_checkpoints_are_refused_by_eval_and_convert() {
         n[6..8].copy_from_slice(&half::f16::NAN.to_le_bytes());
         tm.push(("norm-nan", norm.clone(), n, vec!["ffn_norm.weight: non-finite value NaN at index 3".into()]));
     }
+    tm.push((
+        "tensor-file-absent",
+        format!("{w}/layers.0.feed_forward.w3.0.scales"),
+        Vec::new(),
+        vec!["w3.0.scales: missing from the workspace (f16 [1, 256])".into()],
+    ));
     for (name, rel, bytes, want) in &tm {
         let model = link_copy(&b.tm, &dir.join(name));
-        replace(&model, rel, bytes);
+        if *name == "tensor-file-absent" {
+            std::fs::remove_file(model.join(rel)).unwrap();
+        } else {
+            replace(&model, rel, bytes);
+        }
         let model_s = model.display().to_string();
         let mut w: Vec<&str> = want.iter().map(String::as_str).collect();
         w.push(&model_s);
