@@ -136,7 +136,9 @@ impl<B: Backend> Llama<B> {
             x = h.clone() + l.mlp.forward(rms_norm(h, &l.mlp_norm, l.eps));
         }
         let x = rms_norm(x, &self.norm, c.rms_norm_eps).reshape([1, c.hidden_size]);
-        Ok(download(x.matmul(self.lm_head.clone())))
+        let logits = download(x.matmul(self.lm_head.clone()));
+        gpu::check()?;
+        Ok(logits)
     }
 
     /// Run a prompt through the model into the cache; returns the logits `[V]` after its last

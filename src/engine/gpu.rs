@@ -408,3 +408,38 @@ pub fn device_free_bytes<B: Backend>(dev: &B::Device) -> Result<(usize, &'static
         None => Ok((crate::engine::kv_cache::host_free_bytes(), "host MemAvailable")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::int4::QuantParams;
+    use crate::tensor::HostTensor;
+
+    #[test]
+    fn pack_w4_gives_the_kernel_layout() {
+        let (n, k, g) = (16, 128, 32);
+        let w = HostTensor::from_fn(&[n, k], |i| ((i * 7919 % 101) as f32 - 50.0) * 0.013);
+        let l = QuantizedLinear::quantize("t", &w, None, QuantParams::new(4, g).unwrap()).unwrap();
+        let h = pack_w4(&l).unwrap().unwrap();
+        assert_eq!((h.n, h.k, h.group), (n, k, g));
+        // Kernel form (kernels/src/w4a16.rs): qweight [N, K/8], nibble i of word j = q[n][8j + i];
+        // sz [N, K/g, 2] = (s, -z*s).
+        for row in 0..n {
+            for c in 0..k {
+                let word = h.qweight[row * k / 8 + c / 8];
+                assert_eq!((word >> (4 * (c % 8))) & 15, l.q[row * k + c] as u32, "row {row} col {c}");
+            }
+            for gi in 0..k / g {
+                let (s, z) = (l.scales[row * (k / g) + gi].to_f64(), l.zeros[row * (k / g) + gi] as f64);
+                assert_eq!(h.sz[(row * (k / g) + gi) * 2], s as f32);
+                assert_eq!(h.sz[(row * (k / g) + gi) * 2 + 1], (-z * s) as f32);
+            }
+        }
+        // Shapes the kernels cannot take stay dense.
+        let l16 = QuantizedLinear::quantize("t", &w, None, QuantParams::new(4, 16).unwrap()).unwrap();
+        assert!(pack_w4(&l16).unwrap().is_none(), "group 16 is not a multiple of 32");
+        let w12 = HostTensor::from_fn(&[12, k], |i| (i % 9) as f32);
+        let l12 = QuantizedLinear::quantize("t", &w12, None, QuantParams::new(4, g).unwrap()).unwrap();
+        assert!(pack_w4(&l12).unwrap().is_none(), "N = 12 is not a multiple of 8");
+    }
+}

@@ -7,6 +7,7 @@ pub mod device;
 pub mod generate;
 pub mod golden;
 pub mod gpu;
+pub mod gpu_check;
 pub mod kv_cache;
 pub mod llama;
 pub mod load;
