@@ -8,7 +8,7 @@ SMOL    := fixtures/smollm2-hf
 QWEN_GGUF := fixtures/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 QWEN    := fixtures/qwen2.5-coder-0.5b-hf
 
-.PHONY: all build fixtures fixtures-qwen calib-data demo test bench goldens turbomind-qwen clean
+.PHONY: all build fixtures fixtures-qwen calib-data demo test bench goldens turbomind-qwen gpu-bundle gpu-check-local clean
 
 all: build
 
@@ -42,6 +42,22 @@ fixtures-qwen: build
 
 turbomind-qwen: fixtures-qwen fixtures
 	./scripts/turbomind-qwen.sh
+
+# What a GPU machine (no Rust toolchain, no network) needs for scripts/gpu-check.sh: the stripped
+# release binary, the script and a small eval text. Copy out/gpu-bundle there and run
+# `OUT=<results dir> out/gpu-bundle/gpu-check.sh`. (AWQC=path overrides the binary, e.g. when
+# CARGO_TARGET_DIR is set.)
+GPU_BUNDLE := out/gpu-bundle
+gpu-bundle: build
+	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)
+	strip -o $(GPU_BUNDLE)/awqc $(AWQC)
+	cp scripts/gpu-check.sh $(GPU_BUNDLE)/
+	cp README.md $(GPU_BUNDLE)/eval.txt
+	@du -sh $(GPU_BUNDLE)
+
+# The same script on wgpu with tiny shapes (lavapipe here): checks the script end to end.
+gpu-check-local: gpu-bundle
+	OUT=out/gpu-check-local $(GPU_BUNDLE)/gpu-check.sh --device wgpu --small --work out/gpu-check-work
 
 clean:
 	$(CARGO) clean

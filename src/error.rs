@@ -106,3 +106,36 @@ impl<T> IoContext<T> for std::io::Result<T> {
         self.map_err(|e| Error::io(path, e))
     }
 }
+
+/// Run a third-party decoder on untrusted bytes, turning a panic inside it into a bad-input error
+/// for `what`. arrow-ipc (and, on some files, parquet) slice buffers with offsets read from the
+/// file and panic when they are out of range; awqc cannot fix those crates, so it contains the
+/// failure instead. The panic message is not printed (the panic hook is silenced on this thread
+/// while `f` runs); the error carries it, on one line.
+pub fn catch_decoder_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use std::cell::Cell;
+    thread_local!(static SILENT: Cell<bool> = const { Cell::new(false) });
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !SILENT.with(Cell::get) {
+                previous(info)
+            }
+        }));
+    });
+    let outer = SILENT.with(|s| s.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    SILENT.with(|s| s.set(outer));
+    match r {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown failure".into());
+            Err(Error::input(what, format!("malformed data: the decoder failed ({msg})")))
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! is renamed into place only when complete, so an error or a kill never leaves a half-written
 //! output under the final name.
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, ErrorKind, IoContext, Result};
 use std::path::{Path, PathBuf};
 
 /// A directory being written. Dropped without [`StagedDir::commit`], it is removed.
@@ -16,12 +16,7 @@ impl StagedDir {
     /// Start writing `final_path`. Fails if it exists (unless `force`), or if its parent is not
     /// writable (checked by creating the staging directory right away, before any work is done).
     pub fn create(final_path: &Path, force: bool) -> Result<Self> {
-        if final_path.exists() && !force {
-            return Err(Error::usage(format!(
-                "{}: output path exists (pass --force to replace it)",
-                final_path.display()
-            )));
-        }
+        check_output_path(final_path, force)?;
         let parent = parent_of(final_path);
         if !parent.exists() {
             std::fs::create_dir_all(&parent).at(parent.display())?;
@@ -75,6 +70,36 @@ impl Drop for StagedDir {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.tmp);
         }
+    }
+}
+
+/// Check, before any work is done, that the output `path` can be created: it must not exist
+/// (unless `force`: a usage error), and its nearest existing ancestor must be a directory that
+/// accepts new entries (an I/O error naming both paths otherwise). Leaves nothing behind.
+pub fn check_output_path(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        return Err(Error::usage(format!("{}: output path exists (pass --force to replace it)", path.display())));
+    }
+    let mut anc = parent_of(path);
+    while !anc.exists() && !anc.is_symlink() {
+        match anc.parent() {
+            Some(p) if !p.as_os_str().is_empty() => anc = p.to_path_buf(),
+            _ => {
+                anc = PathBuf::from(".");
+                break;
+            }
+        }
+    }
+    if !anc.is_dir() {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("{}: cannot be created, {} is not a directory", path.display(), anc.display()),
+        ));
+    }
+    let probe = anc.join(format!(".awqc-probe-{}", std::process::id()));
+    match std::fs::create_dir(&probe) {
+        Ok(()) => std::fs::remove_dir(&probe).at(probe.display()),
+        Err(e) => Err(Error::io(format!("{}: cannot be created in {}", path.display(), anc.display()), e)),
     }
 }
 

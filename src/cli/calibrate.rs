@@ -50,9 +50,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     if a.calib_samples == 0 {
         return Err(Error::usage("--calib-samples must be at least 1 for calibration"));
     }
-    if a.out.exists() && !a.force {
-        return Err(Error::usage(format!("{}: output path exists (pass --force to replace it)", a.out.display())));
-    }
+    crate::fsutil::check_output_path(&a.out, a.force)?;
     let kind = device::resolve(a.device)?;
     let model = crate::model::weights::resolve_model_path(&a.model)?;
     let src = HfSource::open(&model)?;
@@ -82,7 +80,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let meta_sharing = serde_json::to_string(&sharing).unwrap_or_default();
     let meta_tokens = (blocks.len() * a.calib_seqlen).to_string();
     let tmp = a.out.with_extension("awqc-tmp");
-    {
+    let written = (|| -> Result<()> {
         let mut w = SafetensorsWriter::create(
             &tmp,
             specs,
@@ -96,9 +94,13 @@ pub fn run(a: Args, json: bool) -> Result<()> {
                 w.write(&format!("{}.{n}", s.modules[0]), bytemuck::cast_slice(&f))?;
             }
         }
-        w.finish()?;
+        w.finish()
+    })();
+    // A failed write leaves nothing behind: neither a partial output nor the temporary file.
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &a.out).at(a.out.display())) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, &a.out).at(a.out.display())?;
     if json {
         crate::cli::print_json(&json!({"out": a.out.display().to_string(), "records": stats.len(), "tokens": blocks.len() * a.calib_seqlen, "seconds": secs}));
     } else {

@@ -126,15 +126,29 @@ fn eval_on<B: Backend>(dev: B::Device, model: &Path, tokens: &[u32], seqlen: usi
     Ok(EvalOutcome { result, format: lm.format })
 }
 
-/// Evaluate a model with the pinned protocol (used by `eval` and `quantize --eval`).
-pub fn evaluate(model: &Path, tok: &Tokenizer, text: &str, seqlen: usize, windows: Option<usize>, kind: DeviceKind) -> Result<EvalOutcome> {
-    evaluate_with(model, tok, text, seqlen, windows, kind, &EvalSettings::default())
+/// Evaluate a model with the pinned protocol (used by `eval` and `quantize --eval`). `source`
+/// names the text (its file or dataset) in errors.
+pub fn evaluate(model: &Path, tok: &Tokenizer, text: &str, source: &str, seqlen: usize, windows: Option<usize>, kind: DeviceKind) -> Result<EvalOutcome> {
+    evaluate_with(model, tok, text, source, seqlen, windows, kind, &EvalSettings::default())
 }
 
-pub fn evaluate_with(model: &Path, tok: &Tokenizer, text: &str, seqlen: usize, windows: Option<usize>, kind: DeviceKind, set: &EvalSettings) -> Result<EvalOutcome> {
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with(
+    model: &Path,
+    tok: &Tokenizer,
+    text: &str,
+    source: &str,
+    seqlen: usize,
+    windows: Option<usize>,
+    kind: DeviceKind,
+    set: &EvalSettings,
+) -> Result<EvalOutcome> {
     let tokens = tok.encode(text)?;
     if tokens.len() < seqlen {
-        return Err(Error::input("evaluation text", format!("only {} tokens, fewer than --seqlen {seqlen}", tokens.len())));
+        return Err(Error::input(
+            source,
+            format!("the evaluation text has only {} tokens, fewer than one window of --seqlen {seqlen}", tokens.len()),
+        ));
     }
     crate::with_backend!(kind, eval_on(model, &tokens, seqlen, windows, set))
 }
@@ -149,6 +163,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let format = crate::engine::load::detect_format(&model)?;
     let tok = Tokenizer::from_model_dir(&model)?;
     let text = eval_text(&a.dataset, a.raw_text.as_deref(), a.data_dir.as_deref())?;
+    let source = a.raw_text.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| a.dataset.clone());
     let set = EvalSettings {
         load: LoadOptions {
             max_position_embeddings: a.max_position_embeddings,
@@ -156,7 +171,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         },
         kv_policy: Some(crate::engine::kv_cache::QuantPolicy::from_flag(a.quant_policy)?),
     };
-    let out = evaluate_with(&model, &tok, &text, seqlen, windows, kind, &set)?;
+    let out = evaluate_with(&model, &tok, &text, &source, seqlen, windows, kind, &set)?;
     let r = &out.result;
     let dataset = match &a.raw_text {
         Some(p) => format!("raw:{}", p.display()),

@@ -11,8 +11,10 @@ pub mod convert;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod gpu;
 pub mod inspect;
 pub mod quantize;
+pub mod synth;
 
 #[derive(Parser, Debug)]
 #[command(name = "awqc", version, about = "Offline AWQ quantization and model-conversion compiler")]
@@ -45,6 +47,14 @@ pub enum Command {
     Data(data::Args),
     /// Benchmark table: matmul ceiling, eval and quantize throughput, peak RSS.
     Bench(bench::Args),
+    /// Write a random-weight model of any Llama shape (HF directory, or AutoAWQ with --quantized).
+    Synth(synth::Args),
+    /// Check every GPU kernel against host references on this machine's device (exit 4 on failure).
+    KernelTest(gpu::KernelTestArgs),
+    /// Benchmark the W4A16 kernels against a dense matmul and the device copy bandwidth.
+    BenchGpu(gpu::BenchGpuArgs),
+    /// Decode speed of a model (tokens/s), e.g. one written by `awqc synth --quantized`.
+    BenchDecode(gpu::BenchDecodeArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -58,6 +68,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Quantize(a) => quantize::run(a, json),
         Command::Data(a) => data::run(a, json),
         Command::Bench(a) => bench::run(a, json),
+        Command::Synth(a) => synth::run(a, json),
+        Command::KernelTest(a) => gpu::kernel_test(a, json),
+        Command::BenchGpu(a) => gpu::bench_gpu(a, json),
+        Command::BenchDecode(a) => gpu::bench_decode(a, json),
     }
 }
 

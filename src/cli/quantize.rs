@@ -124,10 +124,15 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             opts.params.bits, opts.params.group
         )));
     }
+    if opts.params.bits != 4 {
+        return Err(Error::usage(format!(
+            "--w-bits {}: the outputs (AutoAWQ GEMM, TurboMind) hold 4-bit weights only",
+            opts.params.bits
+        )));
+    }
+    // Refuse an existing or unwritable output now, not after the calibration and search.
     for o in std::iter::once(&a.out).chain(a.turbomind_out.as_ref()) {
-        if o.exists() && !a.force {
-            return Err(Error::usage(format!("{}: output path exists (pass --force to replace it)", o.display())));
-        }
+        crate::fsutil::check_output_path(o, a.force)?;
     }
     let tok = Tokenizer::from_model_dir(&model)?;
     let t0 = std::time::Instant::now();
@@ -232,8 +237,8 @@ pub fn run(a: Args, json: bool) -> Result<()> {
 fn eval_table(a: &Args, src: &HfSource, model: &Path, tok: &Tokenizer, kind: DeviceKind) -> Result<serde_json::Value> {
     let (seqlen, windows) = (512usize, Some(32usize));
     let text = crate::cli::eval::eval_text("wikitext2", None, a.data_dir.as_deref())?;
-    let fp = crate::cli::eval::evaluate(model, tok, &text, seqlen, windows, kind)?.result.ppl;
-    let q = crate::cli::eval::evaluate(&a.out, tok, &text, seqlen, windows, kind)?.result.ppl;
+    let fp = crate::cli::eval::evaluate(model, tok, &text, "wikitext2", seqlen, windows, kind)?.result.ppl;
+    let q = crate::cli::eval::evaluate(&a.out, tok, &text, "wikitext2", seqlen, windows, kind)?.result.ppl;
     let tokens = tok.encode(&text)?;
     let rtn = crate::with_backend!(kind, rtn_ppl(src, a.w_bits, a.w_group_size, &tokens, seqlen, windows))?;
     let label = match a.mode {

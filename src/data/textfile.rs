@@ -12,7 +12,7 @@
 //!   non-blank line (the line as is, minus its `\n` / `\r\n`).
 
 use crate::bail_input;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{catch_decoder_panic, Error, IoContext, Result};
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
@@ -27,8 +27,8 @@ pub fn load_documents(path: &Path) -> Result<Vec<String>> {
     let name = path.display();
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let docs = match ext.as_str() {
-        "parquet" => load_parquet(path)?,
-        "arrow" => load_arrow_ipc(path)?,
+        "parquet" => catch_decoder_panic(&name.to_string(), || load_parquet(path))?,
+        "arrow" => catch_decoder_panic(&name.to_string(), || load_arrow_ipc(path))?,
         "jsonl" => load_jsonl(path)?,
         _ => split_documents(&name.to_string(), &read_utf8(path)?)?,
     };
@@ -252,6 +252,42 @@ fn push_text_column(what: &str, batch: &RecordBatch, docs: &mut Vec<String>) -> 
     push_strings(what, col, docs)
 }
 
+/// arrow-ipc's `FileReader` allocates each block at the size the footer declares before reading
+/// it: check first that every block of the footer lies inside the file.
+fn check_ipc_file_blocks(what: &str, file: &mut std::fs::File) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata().at(what)?.len();
+    let bad = |msg: String| Error::input(what, format!("not a readable Arrow IPC file: {msg}"));
+    if len < 16 {
+        return Err(bad(format!("{len} bytes is too short for an IPC file")));
+    }
+    let mut trailer = [0u8; 10];
+    file.seek(SeekFrom::Start(len - 10)).at(what)?;
+    file.read_exact(&mut trailer).at(what)?;
+    let footer_len = arrow::ipc::reader::read_footer_length(trailer).map_err(|e| bad(e.to_string()))? as u64;
+    if footer_len > len - 10 {
+        return Err(bad(format!("footer length {footer_len} exceeds the file ({len} bytes)")));
+    }
+    let mut footer = vec![0u8; footer_len as usize];
+    file.seek(SeekFrom::Start(len - 10 - footer_len)).at(what)?;
+    file.read_exact(&mut footer).at(what)?;
+    file.seek(SeekFrom::Start(0)).at(what)?;
+    let footer = arrow::ipc::root_as_footer(&footer).map_err(|e| bad(format!("footer: {e}")))?;
+    let blocks = footer.dictionaries().into_iter().flat_map(|v| v.iter()).chain(footer.recordBatches().into_iter().flat_map(|v| v.iter()));
+    for b in blocks {
+        let (off, meta, body) = (b.offset(), b.metaDataLength(), b.bodyLength());
+        let end = u64::try_from(off)
+            .ok()
+            .zip(u64::try_from(meta).ok())
+            .zip(u64::try_from(body).ok())
+            .and_then(|((o, m), b)| o.checked_add(m)?.checked_add(b));
+        if !matches!(end, Some(e) if e <= len) {
+            return Err(bad(format!("a block (offset {off}, {meta} + {body} bytes) lies outside the file ({len} bytes)")));
+        }
+    }
+    Ok(())
+}
+
 /// HF `datasets` cache files are Arrow IPC *streams*; plain IPC files (magic `ARROW1`) work too.
 fn load_arrow_ipc(path: &Path) -> Result<Vec<String>> {
     use arrow::ipc::reader::{FileReader, StreamReader};
@@ -269,6 +305,7 @@ fn load_arrow_ipc(path: &Path) -> Result<Vec<String>> {
     let mut docs = Vec::new();
     let batches: Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>> =
         if is_file_format {
+            check_ipc_file_blocks(&what, &mut file)?;
             let r = FileReader::try_new_buffered(file, None).map_err(aerr)?;
             let idx = text_column_index(&what, &r.schema())?;
             check_text_type(&what, &r.schema(), idx)?;

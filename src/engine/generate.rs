@@ -97,13 +97,10 @@ pub fn generate<B: Backend>(
     if prompt.is_empty() {
         return Err(Error::usage("the prompt is empty after tokenization"));
     }
-    let mut cache = model.new_cache(policy, cache_max_entry_count)?;
+    let mut cache = model.new_cache(policy, cache_max_entry_count, prompt.len() + max_new_tokens)?;
     let mut seq = SeqState::new(&model.rope, prompt.len());
     let t0 = Instant::now();
-    let mut logits = Vec::new();
-    for &t in prompt {
-        logits = model.decode_step(&mut cache, &mut seq, t)?;
-    }
+    let mut logits = model.prefill(&mut cache, &mut seq, prompt)?;
     let prefill_seconds = t0.elapsed().as_secs_f64();
     let mut rng = SplitMix(sampler.seed);
     let mut out = Vec::new();

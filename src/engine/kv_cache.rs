@@ -1,4 +1,6 @@
-//! The block KV cache (awq-reference §7), host implementation.
+//! The block KV cache (awq-reference §7): the host implementation, or, on the GPU backends, the
+//! kernels' cache in device memory ([`crate::engine::gpu::DeviceKv`], same block rule and sizes;
+//! int4 packs 8 values per u32 there) behind the same block accounting.
 //!
 //! - Blocks hold `block_len` (64) tokens for **all layers**. Per layer a block stores K and V as
 //!   `[kv_head][token][head_dim]` plus, when quantized, one `(scale, zero)` f16 pair per
@@ -135,7 +137,10 @@ struct Block {
 pub struct KvCache {
     pub layout: CacheLayout,
     pub capacity: usize,
+    /// Host blocks (CPU backend).
     blocks: Vec<Block>,
+    /// The device cache (GPU backends); its blocks are handed out in order.
+    device: Option<crate::engine::gpu::DeviceKv>,
 }
 
 /// A sequence in the cache: its block table and length, and its RoPE frequencies, fixed at the
@@ -159,7 +164,22 @@ impl SeqState {
 
 impl KvCache {
     pub fn new(layout: CacheLayout, capacity: usize) -> Self {
-        KvCache { layout, capacity, blocks: Vec::new() }
+        KvCache { layout, capacity, blocks: Vec::new(), device: None }
+    }
+
+    /// A cache in device memory. `capacity` is the budget's block count; only the blocks of
+    /// `kv` (allocated up front, at most `capacity`) can be handed out.
+    pub fn on_device(layout: CacheLayout, capacity: usize, kv: crate::engine::gpu::DeviceKv) -> Self {
+        KvCache { layout, capacity, blocks: Vec::new(), device: Some(kv) }
+    }
+
+    /// The device cache, when this is one.
+    pub fn device_mut(&mut self) -> Option<&mut crate::engine::gpu::DeviceKv> {
+        self.device.as_mut()
+    }
+
+    pub fn is_device(&self) -> bool {
+        self.device.is_some()
     }
 
     fn per_layer_values(&self) -> usize {
@@ -181,21 +201,33 @@ impl KvCache {
     /// Make room for one more token of `seq` (allocates a block at block boundaries).
     pub fn reserve(&mut self, seq: &mut SeqState) -> Result<()> {
         if seq.len % BLOCK_LEN == 0 && seq.len / BLOCK_LEN == seq.blocks.len() {
-            if self.blocks.len() >= self.capacity {
+            let limit = match &self.device {
+                Some(d) => d.cache.num_blocks.min(self.capacity),
+                None => self.capacity,
+            };
+            if self.blocks_in_use() >= limit {
                 return Err(Error::usage(format!(
-                    "KV cache full: {} blocks of {BLOCK_LEN} tokens ({} tokens); raise --cache-max-entry-count",
-                    self.capacity,
-                    self.capacity * BLOCK_LEN
+                    "KV cache full: {limit} blocks of {BLOCK_LEN} tokens ({} tokens); raise --cache-max-entry-count",
+                    limit * BLOCK_LEN
                 )));
             }
-            self.blocks.push(self.new_block());
-            seq.blocks.push(self.blocks.len() - 1);
+            match &mut self.device {
+                Some(d) => {
+                    d.used += 1;
+                    seq.blocks.push(d.used - 1);
+                }
+                None => {
+                    self.blocks.push(self.new_block());
+                    seq.blocks.push(self.blocks.len() - 1);
+                }
+            }
         }
         Ok(())
     }
 
     /// Store K (already RoPE'd) and V rows `[kv_heads·head_dim]` of layer `layer` at position
-    /// `pos` (< seq.len after `reserve`+advance).
+    /// `pos` (< seq.len after `reserve`+advance). Host caches only (the device cache is written by
+    /// the `kv_append` kernel).
     pub fn write(&mut self, seq: &SeqState, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let l = self.layout;
         let d = l.head_dim;
@@ -232,6 +264,7 @@ impl KvCache {
     }
 
     /// Read back K and V of (layer, kv head) for positions `0..n` into `[n, head_dim]` buffers.
+    /// Host caches only.
     pub fn read(&self, seq: &SeqState, layer: usize, head: usize, n: usize, k_out: &mut Vec<f32>, v_out: &mut Vec<f32>) {
         let l = self.layout;
         let d = l.head_dim;
@@ -265,7 +298,10 @@ impl KvCache {
     }
 
     pub fn blocks_in_use(&self) -> usize {
-        self.blocks.len()
+        match &self.device {
+            Some(d) => d.used,
+            None => self.blocks.len(),
+        }
     }
 }
 

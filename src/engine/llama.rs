@@ -2,14 +2,24 @@
 //!
 //! Shapes: `B` batch (sequences), `T` tokens per sequence, `H` hidden, `Hq`/`Hkv` query/KV heads,
 //! `D` head_dim, `G = Hq/Hkv` query heads per KV head, `I` intermediate, `V` vocab.
-//! Linear weights are stored transposed, `[K, N]`, so a projection is `x[B*T, K] · W[K, N]`.
+//! Linear weights are stored transposed, `[K, N]`, so a projection is `x[B*T, K] · W[K, N]`;
+//! on the GPU backends a quantized checkpoint keeps them packed as INT4 (W4A16 kernels).
+//!
+//! Per backend: the CPU runs fused host kernels for attention and SwiGLU (`attention_cpu.rs`);
+//! wgpu and CUDA run the CubeCL kernels of `awqc-kernels` for RMSNorm, RoPE, attention,
+//! SiLU·mul and INT4 linears (`gpu.rs`); everything else is burn.
 //!
 //! The same layer functions serve evaluation and the AWQ search: the search builds a layer (or just
 //! its attention or MLP block) with trial weights and calls `forward` on the cached inputs.
 
+use crate::engine::gpu;
 use crate::engine::rope::Rope;
+use crate::error::Result;
 use crate::model::arch::{GlobalWeights, LayerWeights, Linear};
 use crate::model::config::ModelConfig;
+use crate::quant::int4::QuantizedLinear;
+use crate::quant::qmodel::QuantizedLayer;
+use awqc_kernels::w4a16::W4Weights;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -24,14 +34,19 @@ pub fn download<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default()
 }
 
-fn x_device<B: Backend, const D: usize>(t: &Tensor<B, D>) -> B::Device {
-    t.device()
+/// The weight of a projection.
+#[derive(Clone, Debug)]
+pub enum LinearWeight<B: Backend> {
+    /// Dense `[K, N]`.
+    Dense(Tensor<B, 2>),
+    /// Group-wise INT4 packed for the W4A16 kernels, in device memory (GPU backends only).
+    Int4(W4Weights),
 }
 
-/// A projection `y = x·W + b`, W stored `[K, N]`.
+/// A projection `y = x·W + b`, W stored `[K, N]` (dense or packed INT4).
 #[derive(Clone, Debug)]
 pub struct LinearB<B: Backend> {
-    pub w: Tensor<B, 2>,
+    pub w: LinearWeight<B>,
     pub b: Option<Tensor<B, 1>>,
 }
 
@@ -41,16 +56,45 @@ impl<B: Backend> LinearB<B> {
         let (n, k) = l.w.dims2();
         let wt = l.w.transpose2();
         LinearB {
-            w: upload(wt.data, [k, n], dev),
+            w: LinearWeight::Dense(upload(wt.data, [k, n], dev)),
             b: l.b.as_ref().map(|b| upload(b.clone(), [n], dev)),
+        }
+    }
+
+    /// From a quantized linear: packed INT4 on the GPU backends when the W4A16 kernels take its
+    /// shape (`gpu::pack_w4`), else its dequantized weight (the CPU path: `(q - z) * s` in f32).
+    pub fn from_quantized(l: &QuantizedLinear, dev: &B::Device) -> Result<Self> {
+        if gpu::is_kernel_backend::<B>() {
+            if let Some(h) = gpu::pack_w4(l)? {
+                return Ok(LinearB {
+                    w: LinearWeight::Int4(gpu::upload_w4::<B>(&h, dev)?),
+                    b: l.bias.as_ref().map(|b| upload(b.clone(), [l.n], dev)),
+                });
+            }
+        }
+        Ok(Self::from_host(&Linear { w: l.dequantize(), b: l.bias.clone() }, dev))
+    }
+
+    /// N, the output width.
+    pub fn out_features(&self) -> usize {
+        match &self.w {
+            LinearWeight::Dense(w) => w.dims()[1],
+            LinearWeight::Int4(w) => w.n,
         }
     }
 
     /// `[B, T, K] -> [B, T, N]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, k] = x.dims();
-        let n = self.w.dims()[1];
-        let mut y = x.reshape([b * t, k]).matmul(self.w.clone());
+        let n = self.out_features();
+        let x = x.reshape([b * t, k]);
+        let mut y = match &self.w {
+            LinearWeight::Dense(w) => x.matmul(w.clone()),
+            LinearWeight::Int4(w) => {
+                let dev = x.device();
+                gpu::or_record(gpu::w4a16(x, w), || Tensor::zeros([b * t, n], &dev))
+            }
+        };
         if let Some(bias) = &self.b {
             y = y + bias.clone().unsqueeze::<2>();
         }
@@ -59,16 +103,30 @@ impl<B: Backend> LinearB<B> {
 }
 
 /// RMSNorm: `x / sqrt(mean(x²) + eps) * w`, over the last dim of `[B, T, H]`.
+/// On the GPU backends this is the RMSNorm kernel (f32 accumulation, one rounding).
 pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    if gpu::is_kernel_backend::<B>() {
+        return gpu::or_record(gpu::rms_norm(x.clone(), w, eps), || rms_norm_generic(x, w, eps));
+    }
+    rms_norm_generic(x, w, eps)
+}
+
+/// RMSNorm as a composition of burn ops.
+pub fn rms_norm_generic<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let ms = x.clone().powi_scalar(2).mean_dim(2); // [B, T, 1]
     x * ms.add_scalar(eps).sqrt().recip() * w.clone().unsqueeze::<3>()
 }
 
 /// cos/sin tables for one forward call: `[T, D/2]` each, for positions `start..start+T`.
+/// The GPU kernels take the frequencies instead: `inv_freq [D/2]`, the cos/sin scale and the
+/// first position.
 #[derive(Clone, Debug)]
 pub struct RopeTables<B: Backend> {
     pub cos: Tensor<B, 2>,
     pub sin: Tensor<B, 2>,
+    pub inv_freq: Vec<f64>,
+    pub mscale: f64,
+    pub start: usize,
 }
 
 impl<B: Backend> RopeTables<B> {
@@ -77,7 +135,8 @@ impl<B: Backend> RopeTables<B> {
     pub fn new(rope: &Rope, prompt_len: usize, start: usize, len: usize, dev: &B::Device) -> Self {
         let (cos, sin) = rope.tables(prompt_len, start, len);
         let half = rope.dim / 2;
-        RopeTables { cos: upload(cos, [len, half], dev), sin: upload(sin, [len, half], dev) }
+        let (inv_freq, mscale) = rope.inv_freq(prompt_len);
+        RopeTables { cos: upload(cos, [len, half], dev), sin: upload(sin, [len, half], dev), inv_freq, mscale, start }
     }
 }
 
@@ -144,16 +203,42 @@ impl<B: Backend> Attention<B> {
         let [b, t, _] = x.dims();
         let (hq, hkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         if is_host_backend::<B>() {
+            let dev = x.device();
             let q = download(self.q.forward(x.clone()));
             let k = download(self.k.forward(x.clone()));
             let v = download(self.v.forward(x));
             let (cos, sin) = (download(rope.cos.clone()), download(rope.sin.clone()));
             let shape = crate::engine::attention_cpu::AttnShape { batch: b, seq: t, heads: hq, kv_heads: hkv, head_dim: d };
             let ctx = crate::engine::attention_cpu::causal_attention(&q, &k, &v, &cos, &sin, shape, self.kv_bits);
-            let ctx: Tensor<B, 3> = upload(ctx, [b, t, hq * d], &x_device(&self.q.w));
+            let ctx: Tensor<B, 3> = upload(ctx, [b, t, hq * d], &dev);
             return (self.o.forward(ctx.clone()), ctx);
         }
+        if gpu::is_kernel_backend::<B>() {
+            return gpu::or_record(self.forward_kernels(x.clone(), rope), || self.forward_generic(x, rope, mask));
+        }
         self.forward_generic(x, rope, mask)
+    }
+
+    /// The GPU path: RoPE, the KV-cache round trip (`kv_bits`) and causal attention as CubeCL
+    /// kernels on `[B*T, heads, D]` (the projections' output layout, no transposes).
+    fn forward_kernels(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> Result<(Tensor<B, 3>, Tensor<B, 3>)> {
+        let [b, t, _] = x.dims();
+        let (hq, hkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let dev = x.device();
+        let q = self.q.forward(x.clone()).reshape([b * t, hq, d]);
+        let k = self.k.forward(x.clone()).reshape([b * t, hkv, d]);
+        let v = self.v.forward(x).reshape([b * t, hkv, d]);
+        let positions: Vec<u32> = (0..b * t).map(|i| (rope.start + i % t) as u32).collect();
+        let args = gpu::rope_args::<B>(&dev, &rope.inv_freq, rope.mscale, &positions)?;
+        let q = gpu::rope(q, &args)?;
+        let mut k = gpu::rope(k, &args)?;
+        let mut v = v;
+        if let Some(bits) = self.kv_bits {
+            k = gpu::kv_fake_quant(k, bits)?;
+            v = gpu::kv_fake_quant(v, bits)?;
+        }
+        let ctx = gpu::attention_prefill(q, k, v, &vec![t; b])?.reshape([b, t, hq * d]);
+        Ok((self.o.forward(ctx.clone()), ctx))
     }
 
     /// The backend-generic composition of burn ops (CUDA, wgpu; the reference for the host path).
@@ -207,6 +292,9 @@ impl<B: Backend> Mlp<B> {
             let i = g.dims()[2];
             let (g, u) = (download(g), download(self.up.forward(x)));
             upload(crate::engine::attention_cpu::silu_mul(&g, &u), [b, t, i], &dev)
+        } else if gpu::is_kernel_backend::<B>() {
+            let (g, u) = (self.gate.forward(x.clone()), self.up.forward(x));
+            gpu::or_record(gpu::silu_mul(g.clone(), u.clone()), || silu(g) * u)
         } else {
             silu(self.gate.forward(x.clone())) * self.up.forward(x)
         };
@@ -267,6 +355,27 @@ impl<B: Backend> DecoderLayer<B> {
         }
     }
 
+    /// From a quantized layer: INT4 linears on the GPU backends, dequantized ones on the CPU.
+    pub fn from_quantized(w: &QuantizedLayer, c: &ModelConfig, dev: &B::Device) -> Result<Self> {
+        let lin = |l: &QuantizedLinear| LinearB::from_quantized(l, dev);
+        Ok(DecoderLayer {
+            attn_norm: upload(w.attn_norm.clone(), [c.hidden_size], dev),
+            attn: Attention {
+                q: lin(&w.q)?,
+                k: lin(&w.k)?,
+                v: lin(&w.v)?,
+                o: lin(&w.o)?,
+                n_heads: c.num_attention_heads,
+                n_kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+                kv_bits: None,
+            },
+            mlp_norm: upload(w.mlp_norm.clone(), [c.hidden_size], dev),
+            mlp: Mlp { gate: lin(&w.gate)?, up: lin(&w.up)?, down: lin(&w.down)? },
+            eps: c.rms_norm_eps,
+        })
+    }
+
     /// `x [B, T, H] -> [B, T, H]`
     pub fn forward(&self, x: Tensor<B, 3>, rope: &RopeTables<B>, mask: &Tensor<B, 2>) -> Tensor<B, 3> {
         let h = x.clone() + self.attn.forward(rms_norm(x, &self.attn_norm, self.eps), rope, mask);
@@ -307,17 +416,38 @@ impl<B: Backend> Llama<B> {
         mut layer: impl FnMut(usize) -> crate::error::Result<LayerWeights>,
         dev: &B::Device,
     ) -> crate::error::Result<Self> {
-        let (v, h) = (c.vocab_size, c.hidden_size);
-        let head = match &globals.lm_head {
-            Some(w) => w.transpose2(),
-            None => globals.embed.transpose2(),
-        };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let w = layer(i)?;
             layers.push(DecoderLayer::from_host(&w, c, dev));
         }
-        Ok(Llama {
+        Ok(Self::assemble(c, globals, layers, dev))
+    }
+
+    /// Build from a quantized model, one layer at a time: on the GPU backends the projections stay
+    /// packed INT4 (W4A16 kernels), on the CPU they are dequantized (as `from_host` on
+    /// `QuantizedModel::dequantized_layer`).
+    pub fn from_quantized(
+        c: &ModelConfig,
+        globals: &GlobalWeights,
+        mut layer: impl FnMut(usize) -> Result<QuantizedLayer>,
+        dev: &B::Device,
+    ) -> Result<Self> {
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let w = layer(i)?;
+            layers.push(DecoderLayer::from_quantized(&w, c, dev)?);
+        }
+        Ok(Self::assemble(c, globals, layers, dev))
+    }
+
+    fn assemble(c: &ModelConfig, globals: &GlobalWeights, layers: Vec<DecoderLayer<B>>, dev: &B::Device) -> Self {
+        let (v, h) = (c.vocab_size, c.hidden_size);
+        let head = match &globals.lm_head {
+            Some(w) => w.transpose2(),
+            None => globals.embed.transpose2(),
+        };
+        Llama {
             embed: upload(globals.embed.data.clone(), [v, h], dev),
             layers,
             norm: upload(globals.norm.clone(), [h], dev),
@@ -325,7 +455,7 @@ impl<B: Backend> Llama<B> {
             rope: Rope::from_config(c),
             config: c.clone(),
             device: dev.clone(),
-        })
+        }
     }
 
     /// Token embeddings: `ids [B, T] -> [B, T, H]`.

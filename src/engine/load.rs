@@ -1,6 +1,7 @@
 //! Load any model awqc can read into the engine: a full-precision Hugging Face directory, an
-//! AutoAWQ-GEMM checkpoint, or a TurboMind workspace. Quantized weights are dequantized on the
-//! host (the CPU path; the W4A16 kernels take the packed form directly).
+//! AutoAWQ-GEMM checkpoint, or a TurboMind workspace. Quantized weights stay packed INT4 on the
+//! GPU backends (W4A16 kernels) and are dequantized on the host for the CPU. AutoAWQ checkpoints
+//! are read one layer at a time.
 
 use crate::engine::llama::Llama;
 use crate::error::{Error, Result};
@@ -80,14 +81,21 @@ pub fn load_model<B: Backend>(path: &Path, opts: &LoadOptions, dev: &B::Device) 
             pb.finish_and_clear();
             m
         }
-        ModelFormat::Awq | ModelFormat::Turbomind => {
-            let qm = if format == ModelFormat::Awq {
-                crate::formats::awq_gemm::read_awq_model(path)?
-            } else {
-                crate::formats::turbomind::read_turbomind(path)?
-            };
+        ModelFormat::Awq => {
+            let r = crate::formats::awq_gemm::AwqReader::open(path)?;
+            let c2 = apply_overrides(r.config().clone(), opts);
+            let pb = crate::progress::bar(c2.num_hidden_layers as u64, "load");
+            let m = Llama::from_quantized(&c2, &r.globals()?, |i| {
+                pb.inc(1);
+                r.layer(i)
+            }, dev)?;
+            pb.finish_and_clear();
+            m
+        }
+        ModelFormat::Turbomind => {
+            let qm = crate::formats::turbomind::read_turbomind(path)?;
             let c2 = apply_overrides(qm.config.clone(), opts);
-            Llama::from_host(&c2, &qm.globals, |i| Ok(qm.dequantized_layer(i)), dev)?
+            Llama::from_quantized(&c2, &qm.globals, |i| qm.layers.get(i).cloned().ok_or_else(|| Error::input(path.display(), format!("layer {i} is missing"))), dev)?
         }
     };
     Ok(LoadedModel { model, format, tokenizer_dir: path.to_path_buf() })

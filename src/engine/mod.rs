@@ -1,10 +1,13 @@
-//! The inference engine: the decoder as burn tensors (generic over CPU, CUDA and wgpu backends),
-//! RoPE and its scaling variants, perplexity, device selection.
+//! The inference engine: the decoder as burn tensors (generic over CPU, CUDA and wgpu backends;
+//! the GPU backends run the CubeCL kernels, `gpu.rs`), RoPE and its scaling variants, the block
+//! KV cache, decoding and generation, perplexity, device selection.
 pub mod attention_cpu;
 pub mod decode;
 pub mod device;
 pub mod generate;
 pub mod golden;
+pub mod gpu;
+pub mod gpu_check;
 pub mod kv_cache;
 pub mod llama;
 pub mod load;

@@ -40,6 +40,7 @@ pub fn window_nll<B: Backend>(model: &Llama<B>, window: &[u32]) -> Result<f64> {
     let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [t - 1, 1]), &model.device);
     let picked = logp.gather(1, idx);
     let vals = crate::engine::llama::download(picked);
+    crate::engine::gpu::check()?;
     if let Some(p) = vals.iter().position(|x| !x.is_finite()) {
         return Err(Error::check(format!("non-finite log-probability at position {} of a window", p + 1)));
     }

@@ -486,6 +486,9 @@ fn read_quant_params(dir: &Path, config: &ModelConfig) -> Result<QuantParams> {
             .and_then(|v| v.as_u64())
             .and_then(|g| usize::try_from(g).ok())
             .ok_or_else(|| Error::input(&src, "quantization_config.group_size is missing or not a positive integer"))?;
+    if group == 0 || group % 8 != 0 {
+        return Err(Error::input(&src, format!("quantization_config.group_size {group} is not a positive multiple of 8")));
+    }
     QuantParams::new(4, group).map_err(|e| Error::input(&src, format!("quantization_config: {}", e.msg)))
 }
 

@@ -302,6 +302,24 @@ impl GgufFile {
         // SAFETY: read-only mapping of an input awqc never writes; a file truncated by another
         // process while mapped is outside what any reader can defend against.
         let mmap = unsafe { Mmap::map(&f) }.at(path.display())?;
+        Self::from_mmap(path, mmap)
+    }
+
+    /// Parse a GGUF image held in memory (fuzzing, tests); `name` stands for the file name in
+    /// errors. The bytes are copied into an anonymous mapping, so the result is the same type.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<GgufFile> {
+        let len = bytes.len();
+        if len < 24 {
+            return Err(Error::input(name, format!("truncated GGUF file: {len} bytes, the header alone is 24")));
+        }
+        let mut anon = memmap2::MmapMut::map_anon(len).map_err(|e| Error::io(name, e))?;
+        anon.copy_from_slice(bytes);
+        let mmap = anon.make_read_only().map_err(|e| Error::io(name, e))?;
+        Self::from_mmap(Path::new(name), mmap)
+    }
+
+    fn from_mmap(path: &Path, mmap: Mmap) -> Result<GgufFile> {
+        let src = path.display().to_string();
         let parsed = parse(&mmap, &src)?;
         Ok(GgufFile {
             path: path.to_path_buf(),

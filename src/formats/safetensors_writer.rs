@@ -34,6 +34,18 @@ impl TensorSpec {
     }
 }
 
+/// The header is a JSON map keyed by tensor name: a repeated name, or the reserved
+/// `__metadata__`, would silently corrupt the offsets of the file being written.
+fn check_names(what: &str, specs: &[TensorSpec]) -> Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(specs.len());
+    for s in specs {
+        if s.name == "__metadata__" || !seen.insert(s.name.as_str()) {
+            return Err(Error::internal(format!("{what}: tensor name {:?} is reserved or repeated", s.name)));
+        }
+    }
+    Ok(())
+}
+
 /// Writer for one safetensors file.
 pub struct SafetensorsWriter {
     path: PathBuf,
@@ -46,6 +58,7 @@ impl SafetensorsWriter {
     /// Create `path` and write its header. `metadata` goes to `__metadata__` (transformers wants
     /// `format: pt`).
     pub fn create(path: &Path, specs: Vec<TensorSpec>, metadata: &[(&str, &str)]) -> Result<Self> {
+        check_names(&path.display().to_string(), &specs)?;
         let mut header = Map::new();
         if !metadata.is_empty() {
             let m: Map<String, Value> = metadata.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
@@ -125,6 +138,7 @@ impl ShardedWriter {
         max_shard_bytes: usize,
         metadata: &[(&str, &str)],
     ) -> Result<Self> {
+        check_names(&dir.join(base).display().to_string(), &specs)?;
         let mut groups: Vec<Vec<TensorSpec>> = vec![Vec::new()];
         let mut size = 0usize;
         for s in specs {

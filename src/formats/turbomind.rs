@@ -769,7 +769,17 @@ fn tree_size(dir: &Path) -> Result<(usize, u64)> {
 /// direct export writes (tokenizer files come from `src`).
 pub fn awq_to_turbomind(src: &Path, dst: &Path, force: bool) -> Result<ExportSummary> {
     let r = AwqReader::open(src)?;
-    check_turbomind(r.config(), r.params())?;
+    // Here the group size is a property of the input checkpoint, not a flag: a bad-input error.
+    if r.params().group != TURBOMIND_GROUP {
+        return Err(Error::input(
+            src.join("config.json").display(),
+            format!(
+                "quantization_config.group_size is {}; TurboMind workspaces need group size {TURBOMIND_GROUP}",
+                r.params().group
+            ),
+        ));
+    }
+    check_turbomind(r.config(), r.params()).map_err(|e| Error::input(src.display(), e.msg))?;
     let layers = r.config().num_hidden_layers;
     let mut w = TurbomindWriter::new(dst, force).with_tokenizer_from(src);
     w.begin(r.config(), r.params(), &r.globals()?)?;
@@ -942,7 +952,10 @@ fn rope_scaling_from_yaml(y: &YamlFields) -> Result<Value> {
 }
 
 fn read_exact(path: &Path, len: usize, what: &str) -> Result<Vec<u8>> {
-    let md = std::fs::metadata(path).at(path.display())?;
+    let md = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::input(path.display(), format!("missing from the workspace ({what})")),
+        _ => Error::io(path.display(), e),
+    })?;
     if md.len() != len as u64 {
         return Err(Error::input(path.display(), format!("expected {len} bytes ({what}), the file has {}", md.len())));
     }
@@ -950,7 +963,11 @@ fn read_exact(path: &Path, len: usize, what: &str) -> Result<Vec<u8>> {
 }
 
 fn read_f16(path: &Path, n: usize, what: &str) -> Result<Vec<f32>> {
-    Ok(DType::F16.decode(&read_exact(path, n * 2, what)?))
+    let v = DType::F16.decode(&read_exact(path, n * 2, what)?);
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::input(path.display(), format!("non-finite value {} at index {i}", v[i])));
+    }
+    Ok(v)
 }
 
 /// Read one int4 linear stored as `[K, N]` files into `[N, K]` form.
@@ -1034,6 +1051,9 @@ pub fn read_turbomind(dir: &Path) -> Result<QuantizedModel> {
     let yaml = parse_yaml(text, &ysrc)?;
     let y = YamlFields { root: &yaml, src: &ysrc };
     let shape = read_shape(&y)?;
+    if shape.group == 0 || shape.group % 8 != 0 {
+        return Err(Error::input(&ysrc, format!("model_config.group_size {} is not a positive multiple of 8", shape.group)));
+    }
     let params = QuantParams::new(4, shape.group)
         .map_err(|e| Error::input(&ysrc, format!("model_config.group_size: {}", e.msg)))?;
     let (h, v) = (shape.hidden, shape.vocab);

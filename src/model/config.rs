@@ -120,7 +120,11 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            // A model directory without its config.json is bad input, not an OS failure.
+            std::io::ErrorKind::NotFound => Error::input(path.display(), "not found (not a model directory?)"),
+            _ => Error::io(path.display(), e),
+        })?;
         let v: Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::input(path.display(), format!("not valid JSON: {e}")))?;
         Self::from_json(&v, &path.display().to_string())

@@ -79,6 +79,12 @@ impl SafetensorsRepo {
                 }
             }
             names.sort();
+            if let Some(gone) = names.iter().find(|n| !dir.join(n).is_file()) {
+                return Err(Error::input(
+                    index.display(),
+                    format!("weight_map names shard {gone:?}, which is not in {}", dir.display()),
+                ));
+            }
             names.into_iter().map(|n| dir.join(n)).collect()
         } else if dir.join("model.safetensors").exists() {
             vec![dir.join("model.safetensors")]
@@ -105,8 +111,9 @@ impl SafetensorsRepo {
             // SAFETY: the mapping is read-only; awqc never writes to its inputs. A file truncated by
             // another process while mapped is outside what any reader can defend against.
             let mmap = unsafe { Mmap::map(&f) }.at(path.display())?;
-            let (n, meta): (usize, Metadata) = SafeTensors::read_metadata(&mmap)
-                .map_err(|e| Error::input(path.display(), format!("invalid safetensors file: {e}")))?;
+            let (n, meta): (usize, Metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+                Error::input(path.display(), format!("invalid safetensors file: {}", explain_invalid(&mmap, &e)))
+            })?;
             let base = 8 + n;
             for (name, info) in meta.tensors() {
                 let (s, e) = info.data_offsets;
@@ -165,7 +172,16 @@ impl SafetensorsRepo {
                 ))
             }
         };
-        HostTensor::new(m.shape.clone(), dt.decode(bytes))
+        let data = dt.decode(bytes);
+        // A NaN or inf weight would only surface much later, as a NaN perplexity or a failed
+        // search: refuse it here, naming the tensor.
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::input(
+                self.files[m.file].0.display(),
+                format!("tensor {name:?} has a non-finite value {} at flat index {i}", data[i]),
+            ));
+        }
+        HostTensor::new(m.shape.clone(), data)
     }
 
     /// Like [`get_f32`](Self::get_f32), checking the shape.
@@ -203,4 +219,76 @@ impl SafetensorsRepo {
         }
         counts.values().max_by_key(|(n, _)| *n).map(|(_, d)| *d)
     }
+}
+
+/// What exactly is wrong with a file the safetensors crate refused (its messages, such as "invalid
+/// shape, data type, or offset for tensor", do not name the tensor). Falls back to its message.
+fn explain_invalid(buf: &[u8], err: &safetensors::SafeTensorError) -> String {
+    use serde_json::Value;
+    let len = buf.len();
+    let Some(head) = buf.get(..8) else {
+        return format!("{len} bytes is too short (a safetensors file starts with an 8-byte header length)");
+    };
+    let mut n8 = [0u8; 8];
+    n8.copy_from_slice(head);
+    let n = u64::from_le_bytes(n8);
+    let Some(header) = usize::try_from(n).ok().and_then(|n| buf.get(8..8usize.checked_add(n)?)) else {
+        return format!("header length {n} runs past the end of the file ({len} bytes)");
+    };
+    let data_len = (len - 8 - header.len()) as u128;
+    let v: Value = match serde_json::from_slice(header) {
+        Ok(v) => v,
+        Err(e) => return format!("the header is not valid JSON: {e}"),
+    };
+    let Some(obj) = v.as_object() else { return "the header is not a JSON object".into() };
+    let mut spans: Vec<(u128, u128, &str)> = Vec::new();
+    for (name, t) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = t.get("dtype").and_then(Value::as_str);
+        let shape: Option<Vec<u128>> =
+            t.get("shape").and_then(Value::as_array).and_then(|a| a.iter().map(|d| d.as_u64().map(u128::from)).collect());
+        let offs: Option<Vec<u128>> = t
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(u128::from)).collect())
+            .filter(|o: &Vec<u128>| o.len() == 2);
+        let (Some(dtype), Some(shape), Some(offs)) = (dtype, shape, offs) else {
+            return format!("tensor {name:?}: entry needs \"dtype\", \"shape\" and two \"data_offsets\"");
+        };
+        let Ok(dt) = serde_json::from_value::<StDtype>(Value::String(dtype.to_string())) else {
+            return format!("tensor {name:?}: unknown dtype {dtype:?}");
+        };
+        let (s, e) = (offs[0], offs[1]);
+        if e < s {
+            return format!("tensor {name:?}: data_offsets [{s}, {e}] end before they start");
+        }
+        let bits = shape.iter().try_fold(dt.bitsize() as u128, |a, &d| a.checked_mul(d));
+        match bits {
+            Some(b) if b % 8 == 0 && b / 8 == e - s => {}
+            _ => {
+                return format!(
+                    "tensor {name:?}: shape {shape:?} of {dtype} does not fill data_offsets [{s}, {e}] ({} bytes)",
+                    e - s
+                )
+            }
+        }
+        if e > data_len {
+            return format!("tensor {name:?}: data_offsets [{s}, {e}] run past the {data_len} data bytes of the file");
+        }
+        spans.push((s, e, name));
+    }
+    spans.sort();
+    let mut at = 0u128;
+    for (s, e, name) in spans {
+        if s != at {
+            return format!("tensor {name:?}: data starts at {s}, expected {at} (tensors must be packed back to back)");
+        }
+        at = e;
+    }
+    if at != data_len {
+        return format!("the tensors cover {at} data bytes but the file holds {data_len}");
+    }
+    err.to_string()
 }
