@@ -8,7 +8,7 @@ SMOL    := fixtures/smollm2-hf
 QWEN_GGUF := fixtures/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 QWEN    := fixtures/qwen2.5-coder-0.5b-hf
 
-.PHONY: all build fixtures fixtures-qwen calib-data demo test bench goldens turbomind-qwen gpu-bundle gpu-check-local clean
+.PHONY: all build fixtures fixtures-qwen calib-data demo test bench goldens fuzz fuzz-check turbomind-qwen gpu-bundle gpu-check-local clean
 
 all: build
 
@@ -34,6 +34,18 @@ test: fixtures
 
 bench: fixtures
 	$(AWQC) bench --model $(SMOL)
+
+# Recompute goldens/smollm2-135m.json (GOLDENS="fp rtn-g64 ..." picks entries; the *-c128 ones take hours).
+goldens: fixtures
+	./scripts/goldens.sh $(AWQC) $(GOLDENS)
+
+# cargo-fuzz over every parser: FUZZ_SECONDS per target (needs `cargo install cargo-fuzz`).
+FUZZ_SECONDS ?= 120
+fuzz:
+	./scripts/fuzz.sh run $(FUZZ_SECONDS)
+
+fuzz-check:
+	./scripts/fuzz.sh check
 
 # Qwen2.5-Coder-0.5B (qwen2, q/k/v biases, sizes divisible by 128): the TurboMind path on a real model.
 fixtures-qwen: build
