@@ -89,12 +89,7 @@ impl SafetensorsRepo {
         } else if dir.join("model.safetensors").exists() {
             vec![dir.join("model.safetensors")]
         } else {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-                .at(dir.display())?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().map(|x| x == "safetensors").unwrap_or(false))
-                .collect();
-            v.sort();
+            let v = safetensors_files_in(dir)?;
             if v.is_empty() {
                 return Err(Error::input(dir.display(), "no *.safetensors weights found"));
             }
@@ -291,4 +286,15 @@ fn explain_invalid(buf: &[u8], err: &safetensors::SafeTensorError) -> String {
         return format!("the tensors cover {at} data bytes but the file holds {data_len}");
     }
     err.to_string()
+}
+
+/// Every `*.safetensors` file directly in `dir`, sorted by name.
+pub fn safetensors_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .at(dir.display())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().map(|x| x == "safetensors").unwrap_or(false))
+        .collect();
+    v.sort();
+    Ok(v)
 }

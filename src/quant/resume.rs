@@ -173,13 +173,7 @@ pub fn job_fingerprint(model_dir: &Path, blocks: &[Vec<u32>], options: &serde_js
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     let cfg = model_dir.join("config.json");
     h.update(std::fs::read(&cfg).at(cfg.display())?);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(model_dir)
-        .at(model_dir.display())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().map(|x| x == "safetensors").unwrap_or(false))
-        .collect();
-    files.sort();
-    for f in files {
+    for f in crate::model::weights::safetensors_files_in(model_dir)? {
         use std::io::Read;
         let mut file = std::fs::File::open(&f).at(f.display())?;
         let len = file.metadata().at(f.display())?.len();
