@@ -5,7 +5,8 @@
 #   scripts/goldens.sh [AWQC] [NAME...]   default: every entry; AWQC defaults to target/release/awqc
 #
 # Needs `make fixtures`. Prints one `name ppl` line per entry and rewrites the goldens file with
-# the measured values (tolerances and notes below). The awq-*-c128 entries are the acceptance
+# the measured values (tolerances and notes below); each quantization's JSON report is kept
+# under out/goldens/. The awq-*-c128 entries are the acceptance
 # configuration of issue 3 (128 x 512 c4 blocks) and take one to two hours each on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +43,11 @@ for c in "${configs[@]}"; do
     cmd="awqc quantize --model $model --out OUT $flags && awqc eval --model OUT --protocol ci"
   fi
   ppl=$("$awqc" --json eval --model "$m" --protocol ci | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
-  if [ -n "$flags" ]; then rm -rf "$m" "$m.report.json"; fi
+  if [ -n "$flags" ]; then
+    # Keep the quantization report (per-layer α, losses, timings) for BENCHMARKS.md.
+    mkdir -p out/goldens && cp "$m.report.json" "out/goldens/$name.report.json"
+    rm -rf "$m" "$m.report.json"
+  fi
   echo "$name $ppl"
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$ppl" "$tol" "$cmd" "$note" >>"$results"
 done

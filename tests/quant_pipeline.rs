@@ -51,16 +51,17 @@ fn folding_random_scales_preserves_logits() {
     }
 }
 
-/// Cached attention input for a tiny layer: random activations with outlier channels.
+/// Cached attention input for a tiny layer: random activations with outlier channels, in six
+/// one-sequence chunks (so that the search can abandon grid points part-way).
 fn attn_setup(c: &ModelConfig, w: &LayerWeights, dev: &burn::tensor::Device<B>) -> (Inspect<B>, Vec<Tensor<B, 3>>, Vec<f64>) {
-    let (n, s, h) = (3, 16, c.hidden_size);
+    let (n, s, h) = (6, 16, c.hidden_size);
     let mut r = SplitMix(5);
     let x: Vec<f32> = (0..n * s * h).map(|i| r.normal() * if i % h == 3 { 20.0 } else { 1.0 }).collect();
     let mut xm = vec![0f64; h];
     for (i, v) in x.iter().enumerate() {
         xm[i % h] += v.abs() as f64 / (n * s) as f64;
     }
-    let xt = upload(x, [n, s, h], dev);
+    let chunks = x.chunks(s * h).map(|c| upload(c.to_vec(), [1, s, h], dev)).collect();
     let rope = RopeTables::new(&Rope::from_config(c), s, 0, s, dev);
     let block = Inspect::Attention {
         block: Attention {
@@ -76,41 +77,75 @@ fn attn_setup(c: &ModelConfig, w: &LayerWeights, dev: &burn::tensor::Device<B>) 
         rope,
         mask: causal_mask::<B>(c.num_attention_heads / c.num_key_value_heads, s, dev),
     };
-    (block, vec![xt], xm)
+    (block, chunks, xm)
 }
 
 #[test]
-fn search_restarts_each_grid_point_from_original_weights() {
+fn search_restarts_each_grid_point_from_original_weights_and_prunes_exactly() {
     // The AutoAWQ 0.2.9 CPU bug: "restoring" weights after each grid point restored the already
-    // scaled ones. Recompute the recorded losses from scratch, in a different order.
+    // scaled ones. Recompute every grid point's loss from scratch, in a different order, and check
+    // the branch and bound against that exhaustive search.
     let c = synth::config(Arch::Llama, 64, 96, 1, 4, 2, 50, true);
     let w = synth::layer(&c, 11, 0);
     let dev = Default::default();
     let (block, x, xm) = attn_setup(&c, &w, &dev);
     let org: Vec<Tensor<B, 3>> = x.iter().map(|xc| block.forward(xc.clone())).collect();
+    let numel: f64 = org.iter().map(|o| o.shape().num_elements() as f64).sum();
     let p = QuantParams::new(4, 32).unwrap();
     let consumers = vec![(LinearKind::Q, &w.q), (LinearKind::K, &w.k), (LinearKind::V, &w.v)];
-    let gs = search_group(ScaleGroup::AttnIn, &consumers, &block, &x, &xm, None, p, true, 20, &dev);
-    assert_eq!(gs.losses.len(), 20);
-    let numel = org[0].shape().num_elements() as f64;
+    // The loss of scales `s`, recomputed independently, chunk sums added in chunk order.
     let loss_at = |s: &[f64]| {
         let trial: Vec<(LinearKind, LinearB<B>)> = consumers
             .iter()
             .map(|(k, l)| (*k, LinearB::from_host(&awqc::model::arch::Linear { w: scaled_fake_quant(&l.w, s, p), b: l.b.clone() }, &dev)))
             .collect();
-        sq_err_sum(block.with(&trial).forward(x[0].clone()), org[0].clone()) / numel
+        let b = block.with(&trial);
+        x.iter().zip(&org).map(|(xc, oc)| sq_err_sum(b.forward(xc.clone()), oc.clone())).fold(0f64, |a, v| a + v) / numel
     };
-    let fresh = loss_at(&gs.scales);
-    assert_eq!(fresh, gs.loss_best, "chosen scale's loss recomputed from scratch differs");
-    assert_eq!(gs.loss_best, gs.losses.iter().cloned().fold(f64::INFINITY, f64::min));
-    // Grid points in reverse order give the same losses as the search recorded.
-    for i in (0..20).rev().step_by(7) {
-        let mut s = awqc::quant::search::raw_scales(&xm, Some(&awqc::quant::search::w_mean(&[&w.q.w, &w.k.w, &w.v.w], 32)), i as f64 / 20.0);
+    let wm = awqc::quant::search::w_mean(&[&w.q.w, &w.k.w, &w.v.w], 32);
+    let grid_scales = |i: usize| {
+        let mut s = awqc::quant::search::raw_scales(&xm, Some(&wm), i as f64 / 20.0);
         awqc::quant::fold::normalize_scales(&mut s, None);
-        assert_eq!(loss_at(&s), gs.losses[i], "grid point {i}");
+        s
+    };
+    // Exhaustive search in reverse order; ties go to the smaller α as in AutoAWQ.
+    let exhaustive: Vec<f64> = (0..20).rev().map(|i| loss_at(&grid_scales(i))).collect::<Vec<_>>().into_iter().rev().collect();
+    let best = (0..20).fold(0, |b, i| if exhaustive[i] < exhaustive[b] { i } else { b });
+
+    let mut abandoned = 0;
+    for first in [0, 10, 19] {
+        let gs = search_group(ScaleGroup::AttnIn, &consumers, &block, &x, &xm, None, p, true, 20, first, &dev);
+        assert_eq!(gs.losses.len(), 20);
+        assert_eq!(gs.alpha, best as f64 / 20.0, "first = {first}");
+        assert_eq!(gs.loss_best, exhaustive[best], "first = {first}");
+        assert_eq!(gs.scales, grid_scales(best), "first = {first}");
+        assert_eq!(loss_at(&gs.scales), gs.loss_best, "chosen scale's loss recomputed from scratch differs");
+        for (i, l) in gs.losses.iter().enumerate() {
+            match l {
+                Some(l) => assert_eq!(*l, exhaustive[i], "grid point {i}, first = {first}"),
+                // Abandoned points really were worse than the winner.
+                None => {
+                    assert!(exhaustive[i] > gs.loss_best, "grid point {i} abandoned but its loss {} <= best {}", exhaustive[i], gs.loss_best);
+                    abandoned += 1;
+                }
+            }
+        }
+        assert!(gs.grid_work <= 20.0 && gs.grid_work > 1.0, "grid work {}", gs.grid_work);
+        // With outlier channels AWQ finds something better than round-to-nearest.
+        assert!(gs.loss_best < gs.loss_rtn, "best {} vs rtn {}", gs.loss_best, gs.loss_rtn);
     }
-    // With outlier channels AWQ finds something better than round-to-nearest.
-    assert!(gs.loss_best < gs.loss_rtn, "best {} vs rtn {}", gs.loss_best, gs.loss_rtn);
+    // The bound does prune on this data (else this test would not exercise it).
+    assert!(abandoned > 0, "no grid point was abandoned");
+}
+
+#[test]
+fn grid_order_starts_with_the_guess_and_visits_every_point_once() {
+    use awqc::quant::search::grid_order;
+    assert_eq!(grid_order(5, 2), vec![2, 0, 1, 3, 4]);
+    assert_eq!(grid_order(5, 0), vec![0, 1, 2, 3, 4]);
+    // An out-of-range guess (e.g. from a different grid) is clamped.
+    assert_eq!(grid_order(3, 9), vec![2, 0, 1]);
+    assert_eq!(grid_order(0, 0), Vec::<usize>::new());
 }
 
 fn run(src: &MemSource, blocks: &[Vec<u32>], mode: Mode, clip: bool) -> QuantizedModel {
@@ -169,7 +204,7 @@ fn gram_loss_equals_direct_output_mse() {
     let xm: Vec<f64> = (0..128).map(|ch| (0..20).map(|t| x[t * 128 + ch].abs() as f64).sum::<f64>() / 20.0).collect();
     let block = Inspect::<B>::Linear(LinearB::from_host(&w.down, &dev));
     let p = QuantParams::new(4, 32).unwrap();
-    let gs = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &xt, &xm, None, p, true, 20, &dev);
+    let gs = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &xt, &xm, None, p, true, 20, 10, &dev);
     let org: Vec<Tensor<B, 3>> = xt.iter().map(|c| block.forward(c.clone())).collect();
     let lq = awqc::model::arch::Linear { w: scaled_fake_quant(&w.down.w, &gs.scales, p), b: None };
     let trial = block.with(&[(LinearKind::Down, LinearB::from_host(&lq, &dev))]);

@@ -235,16 +235,23 @@ fn block_flops(g: ScaleGroup, c: &ModelConfig, t: usize, s: usize) -> f64 {
     }
 }
 
-/// FLOPs of a group's search: the FP forward, the RTN point and `n_grid` trial forwards; for a
+/// FLOPs of a group's search: the FP forward, the RTN point and the trial forwards; for a
 /// single-linear group, the Gram matrix plus one `[N,K]x[K,K]` product per point.
-fn search_flops(g: ScaleGroup, c: &ModelConfig, t: usize, s: usize, n_grid: usize) -> f64 {
+/// `grid_work` is the number of full grid-point evaluations actually done (abandoned points count
+/// for the fraction of the chunks they ran on).
+fn search_flops(g: ScaleGroup, c: &ModelConfig, t: usize, s: usize, grid_work: f64) -> f64 {
     match g {
         ScaleGroup::AttnOut | ScaleGroup::MlpOut => {
             let (n, k) = g.consumers()[0].shape(c);
-            2.0 * t as f64 * (k * k) as f64 + (n_grid + 1) as f64 * 2.0 * (n * k * k) as f64
+            2.0 * t as f64 * (k * k) as f64 + (grid_work + 1.0) * 2.0 * (n * k * k) as f64
         }
-        _ => (n_grid + 2) as f64 * block_flops(g, c, t, s),
+        _ => (grid_work + 2.0) * block_flops(g, c, t, s),
     }
+}
+
+/// The grid index to evaluate first for group `g`: its α in the previous layer, else the middle.
+fn first_guess(prev: &[(ScaleGroup, f64)], g: ScaleGroup, n_grid: usize) -> usize {
+    prev.iter().find(|(h, _)| *h == g).map_or(n_grid / 2, |(_, a)| (a * n_grid as f64).round() as usize)
 }
 
 /// lmdeploy's smoothing scales for one group (awq-reference §2.5): `s = a^α / w_mean^(1-α)`
@@ -321,6 +328,9 @@ pub fn quantize<B: Backend>(
     let tokens = rep.calib_tokens;
     let seqlen = blocks.first().map(|b| b.len()).unwrap_or(0);
 
+    // Each group's α in the previous layer: evaluated first in this layer's search, where it is
+    // usually close to the winner (a low bound early lets the search abandon more points).
+    let mut prev_alpha: Vec<(ScaleGroup, f64)> = Vec::new();
     for i in 0..c.num_hidden_layers {
         let layer_start = Instant::now();
         let t0 = Instant::now();
@@ -365,8 +375,9 @@ pub fn quantize<B: Backend>(
                 let s = match opts.mode {
                     Mode::Awq => {
                         let block = inspector(g, &w, &c, chain);
-                        let gs = search_group(g, &consumers, &block, x, &stats.absmean(), fixed.as_deref(), p, opts.duo_scaling, opts.n_grid, dev);
-                        rep.search_flops += search_flops(g, &c, tokens, seqlen, opts.n_grid);
+                        let first = first_guess(&prev_alpha, g, opts.n_grid);
+                        let gs = search_group(g, &consumers, &block, x, &stats.absmean(), fixed.as_deref(), p, opts.duo_scaling, opts.n_grid, first, dev);
+                        rep.search_flops += search_flops(g, &c, tokens, seqlen, gs.grid_work);
                         if !gs.loss_best.is_finite() {
                             return Err(Error::input(format!("layer {i}"), format!("scale search for {} found no finite loss (NaN/inf in the block output)", g.name())));
                         }
@@ -380,22 +391,24 @@ pub fn quantize<B: Backend>(
                             // Per-chunk ratio search, averaged; final scales from absmean.
                             let block = inspector(g, &w, &c, chain);
                             let mut ratio_sum = 0.0;
+                            let mut work = 0.0;
                             let mut n = 0usize;
                             for xc in x.iter() {
                                 let xs = std::slice::from_ref(xc);
                                 let st = stats_of(xs);
-                                let gs = search_group(g, &consumers, &block, xs, &st.absmean(), fixed.as_deref(), p, true, opts.n_grid, dev);
+                                let gs = search_group(g, &consumers, &block, xs, &st.absmean(), fixed.as_deref(), p, true, opts.n_grid, opts.n_grid / 2, dev);
                                 ratio_sum += gs.alpha;
+                                work += gs.grid_work;
                                 n += 1;
                             }
-                            rep.search_flops += search_flops(g, &c, tokens, seqlen, opts.n_grid);
+                            rep.search_flops += search_flops(g, &c, tokens, seqlen, work / n.max(1) as f64);
                             let alpha = ratio_sum / n.max(1) as f64;
                             let s = lmdeploy_scales(&stats.absmean(), &ws, p.group, alpha, fixed.as_deref());
-                            lr.groups.push(GroupSearch { group: g.name().to_string(), alpha, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], scales: s.clone(), seconds: 0.0 });
+                            lr.groups.push(GroupSearch { group: g.name().to_string(), alpha, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], grid_work: 0.0, scales: s.clone(), seconds: 0.0 });
                             s
                         } else {
                             let s = lmdeploy_scales(&stats.absmax, &ws, p.group, 0.5, fixed.as_deref());
-                            lr.groups.push(GroupSearch { group: g.name().to_string(), alpha: 0.5, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], scales: s.clone(), seconds: 0.0 });
+                            lr.groups.push(GroupSearch { group: g.name().to_string(), alpha: 0.5, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], grid_work: 0.0, scales: s.clone(), seconds: 0.0 });
                             s
                         }
                     }
@@ -445,6 +458,12 @@ pub fn quantize<B: Backend>(
         rep.timings.export += t0.elapsed().as_secs_f64();
         if !lr.resumed {
             lr.seconds = layer_start.elapsed().as_secs_f64();
+        }
+        for gs in &lr.groups {
+            if let Some(g) = ScaleGroup::for_model(&c).into_iter().find(|g| g.name() == gs.group) {
+                prev_alpha.retain(|(h, _)| *h != g);
+                prev_alpha.push((g, gs.alpha));
+            }
         }
         on_layer(&lr);
         rep.layers.push(lr);
