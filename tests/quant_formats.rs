@@ -126,7 +126,13 @@ fn tokenizer_dir(base: &Path) -> PathBuf {
     let d = base.join("hf-model");
     std::fs::create_dir_all(&d).unwrap();
     for (name, body) in [
-        ("tokenizer.json", "{\"model\": {\"type\": \"BPE\"}}"),
+        // A real (two-word) tokenizer: the TurboMind writer reads its length for tokenizer_size.
+        (
+            "tokenizer.json",
+            r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+                "pre_tokenizer":null,"post_processor":null,"decoder":null,
+                "model":{"type":"WordLevel","vocab":{"a":0,"b":1},"unk_token":"a"}}"#,
+        ),
         ("tokenizer_config.json", "{\"add_bos_token\": true}"),
         ("generation_config.json", "{\"do_sample\": true}"),
         ("special_tokens_map.json", "{}"),
@@ -432,7 +438,7 @@ fn config_yaml_equals_lmdeploy_092_sample() {
     let c = config(json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
         "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "max_position_embeddings": 2048}));
-    let got = turbomind::config_yaml(&c, qp(128), "llama", "base");
+    let got = turbomind::config_yaml(&c, qp(128), "llama", "base", c.vocab_size);
     if got != LMDEPLOY_092_SAMPLE {
         for (i, (a, b)) in got.lines().zip(LMDEPLOY_092_SAMPLE.lines()).enumerate() {
             assert_eq!(a, b, "line {}", i + 1);
@@ -452,7 +458,8 @@ fn config_yaml_equals_lmdeploy_092_sample() {
 
 #[test]
 fn config_yaml_rope_and_bias_fields() {
-    let y = turbomind::config_yaml(&qwen2(128, 384, 4, 2, false), qp(128), "qwen2", "qwen2d5");
+    let qc = qwen2(128, 384, 4, 2, false);
+    let y = turbomind::config_yaml(&qc, qp(128), "qwen2", "qwen2d5", qc.vocab_size);
     for line in [
         "  attn_bias: 1\n",
         "  model_arch: Qwen2ForCausalLM\n",
@@ -468,7 +475,8 @@ fn config_yaml_rope_and_bias_fields() {
     ] {
         assert!(y.contains(line), "missing {line:?} in\n{y}");
     }
-    let y = turbomind::config_yaml(&internlm2(128, 256), qp(128), "internlm2", "base");
+    let ic = internlm2(128, 256);
+    let y = turbomind::config_yaml(&ic, qp(128), "internlm2", "base", ic.vocab_size);
     for line in [
         "    type: dynamic\n",
         "    factor: 2.0\n",
@@ -552,6 +560,9 @@ fn turbomind_layout_and_rope_permutation_are_as_specified() {
     // config.yaml, config.json and tokenizer files at the workspace root.
     let yaml = std::fs::read_to_string(w.join("config.yaml")).unwrap();
     assert!(yaml.contains("  inter_size:\n  - 384\n  - 384\n") && yaml.contains("  attn_bias: 1\n"), "{yaml}");
+    // tokenizer_size = min(len(tokenizer), vocab_size), as lmdeploy writes it: the test tokenizer
+    // has two words, the vocabulary 80 rows.
+    assert!(yaml.contains("  tokenizer_size: 2\n") && yaml.contains("  vocab_size: 80\n"), "{yaml}");
     let names: Vec<String> =
         std::fs::read_dir(&ws).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     let mut names = names;

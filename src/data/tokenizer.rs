@@ -248,6 +248,34 @@ impl Tokenizer {
     }
 }
 
+/// `len(AutoTokenizer.from_pretrained(dir))` as transformers 4.x (4.55) computes it for a fast
+/// tokenizer: the distinct token strings of `tokenizer.json`'s vocabulary and added tokens, plus
+/// the tokens `tokenizer_config.json` declares (`added_tokens_decoder`, the special-token fields),
+/// which transformers adds when they are missing. `special_tokens_map.json` is the legacy source:
+/// transformers reads it only when the config has no `added_tokens_decoder`. lmdeploy writes
+/// `min(this, vocab_size)` as the TurboMind `tokenizer_size`.
+pub fn transformers_len(dir: &Path) -> Result<usize> {
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let mut names: std::collections::HashSet<String> = tok.inner.get_vocab(true).into_keys().collect();
+    let cfg = read_json_opt(&dir.join("tokenizer_config.json"))?;
+    let legacy = match cfg.as_ref().and_then(|c| c.get("added_tokens_decoder")) {
+        Some(_) => None,
+        None => read_json_opt(&dir.join("special_tokens_map.json"))?,
+    };
+    for cfg in [cfg, legacy].into_iter().flatten() {
+        if let Some(Value::Object(dec)) = cfg.get("added_tokens_decoder") {
+            names.extend(dec.values().filter_map(token_content));
+        }
+        for key in ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"] {
+            names.extend(cfg.get(key).and_then(token_content));
+        }
+        if let Some(Value::Array(extra)) = cfg.get("additional_special_tokens") {
+            names.extend(extra.iter().filter_map(token_content));
+        }
+    }
+    Ok(names.len())
+}
+
 fn read_json_opt(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
@@ -439,6 +467,38 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::*;
     use super::*;
+
+    #[test]
+    fn transformers_len_counts_vocab_added_and_declared_tokens_once() {
+        // Vocabulary a, b, c, <s>; added <s> (already in the vocabulary) and <x> (new): 5 names.
+        let tj = r#"{"version":"1.0","truncation":null,"padding":null,
+            "added_tokens":[
+              {"id":3,"content":"<s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
+              {"id":4,"content":"<x>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
+            "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+            "model":{"type":"WordLevel","vocab":{"a":0,"b":1,"c":2,"<s>":3},"unk_token":"a"}}"#;
+        let dir = write_tmp("tokenizer.json", tj).parent().unwrap().to_path_buf();
+        assert_eq!(transformers_len(&dir).unwrap(), 5);
+        // The config repeats <s> and <x>, and declares </s> and <y> (new) and <x> again: 5 + 2.
+        // With an added_tokens_decoder, transformers ignores special_tokens_map.json (its <pad>).
+        // Expected values from transformers 4.55.4's len(AutoTokenizer) on these files.
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            r#"{"added_tokens_decoder":{"3":{"content":"<s>"},"4":{"content":"<x>"}},
+                "bos_token":"<s>","eos_token":{"content":"</s>"},"additional_special_tokens":["<y>","<x>"]}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("special_tokens_map.json"), r#"{"pad_token":{"content":"<pad>"},"eos_token":"</s>"}"#).unwrap();
+        assert_eq!(transformers_len(&dir).unwrap(), 7);
+        // Without one, the legacy map counts: <pad> too.
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            r#"{"bos_token":"<s>","eos_token":"</s>","additional_special_tokens":["<y>","<x>"]}"#,
+        )
+        .unwrap();
+        assert_eq!(transformers_len(&dir).unwrap(), 8);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     const CORPUS: &str = "The quick brown fox jumps over the lazy dog. It's 2024, and the dog's\n\n\
         owner paid $1,234.56 for 3 new toys!\n\nNew paragraph: unicode café, naïve, 東京.\n";

@@ -515,8 +515,9 @@ fn rope_param(c: &ModelConfig) -> Yaml {
 /// The workspace's `config.yaml` for an int4 model, byte for byte as lmdeploy 0.9.2 writes it.
 /// `model_name` and `chat_template` are free text (lmdeploy guesses them from the model path).
 /// `session_len` is `max_position_embeddings` (lmdeploy's `_get_and_verify_max_len`), and
-/// `tokenizer_size` is the vocab size.
-pub fn config_yaml(c: &ModelConfig, p: QuantParams, model_name: &str, chat_template: &str) -> String {
+/// `tokenizer_size` is `min(len(tokenizer), vocab_size)` (see
+/// [`crate::data::tokenizer::transformers_len`]).
+pub fn config_yaml(c: &ModelConfig, p: QuantParams, model_name: &str, chat_template: &str, tokenizer_size: usize) -> String {
     let inter = padded_inter_size(c.intermediate_size, p.group, 1);
     let model = entries(vec![
         ("model_name", s(model_name)),
@@ -527,7 +528,7 @@ pub fn config_yaml(c: &ModelConfig, p: QuantParams, model_name: &str, chat_templ
         ("hidden_units", int(c.hidden_size)),
         ("vocab_size", int(c.vocab_size)),
         ("embedding_size", int(c.vocab_size)),
-        ("tokenizer_size", int(c.vocab_size)),
+        ("tokenizer_size", int(tokenizer_size)),
         ("num_layer", int(c.num_hidden_layers)),
         ("inter_size", Yaml::List(vec![int(inter); c.num_hidden_layers])),
         ("norm_eps", Yaml::Float(c.rms_norm_eps)),
@@ -678,7 +679,13 @@ impl QuantSink for TurbomindWriter {
         let weights = staged.path().join(WEIGHTS_SUBDIR);
         std::fs::create_dir_all(&weights).at(weights.display())?;
         let name = self.model_name.clone().unwrap_or_else(|| config.arch.model_type().to_string());
-        let yaml = config_yaml(config, params, &name, &self.chat_template);
+        // lmdeploy reads the tokenizer's length with transformers; without tokenizer files (tiny
+        // test models) the vocab size stands in.
+        let tokenizer_size = match &self.tokenizer_src {
+            Some(dir) if dir.join("tokenizer.json").is_file() => crate::data::tokenizer::transformers_len(dir)?.min(v),
+            _ => v,
+        };
+        let yaml = config_yaml(config, params, &name, &self.chat_template, tokenizer_size);
         write_raw(&weights, "config.yaml", yaml.as_bytes())?;
         awq_gemm::write_config_json(staged.path(), config, params)?;
         if let Some(src) = &self.tokenizer_src {
