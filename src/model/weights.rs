@@ -168,6 +168,7 @@ impl SafetensorsRepo {
             }
         };
         let data = dt.decode(bytes);
+        self.release(m);
         // A NaN or inf weight would only surface much later, as a NaN perplexity or a failed
         // search: refuse it here, naming the tensor.
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
@@ -177,6 +178,26 @@ impl SafetensorsRepo {
             ));
         }
         HostTensor::new(m.shape.clone(), data)
+    }
+
+    /// Drop a tensor's pages from this process's mapping once its data has been copied out.
+    /// File-backed pages count in RSS for as long as they stay mapped, so without this, reading
+    /// a model one decoder layer at a time would still grow RSS to the whole file (past RAM for
+    /// a 13B model). The pages stay in the kernel's page cache and a later read maps them again.
+    fn release(&self, m: &TensorMeta) {
+        // Whole pages strictly inside the tensor's bytes (the mapping starts page-aligned at file
+        // offset 0); a page shared with a neighbouring tensor is left alone. 4 KiB pages: on a
+        // machine with larger pages the advice is refused (EINVAL) and nothing is released.
+        const PAGE: usize = 4096;
+        let (start, end) = (m.start.div_ceil(PAGE) * PAGE, m.end / PAGE * PAGE);
+        if end > start {
+            // SAFETY: the mapping is a read-only shared file mapping (`Mmap::map`): after
+            // MADV_DONTNEED its pages read back the file's bytes, so a live borrow of this range
+            // cannot observe different data. Errors only mean the pages stay resident.
+            let _ = unsafe {
+                self.files[m.file].1.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
     }
 
     /// Like [`get_f32`](Self::get_f32), checking the shape.
