@@ -168,3 +168,25 @@ impl DType {
         }
     }
 }
+
+/// Largest finite f16 value.
+pub const F16_MAX: f32 = 65504.0;
+
+/// `DType::F16.encode` for a tensor the output format stores in fp16 (AutoAWQ and TurboMind do
+/// for norms, embeddings, biases): a finite value that overflows f16 (|v| >= 65520 rounds to
+/// inf) is refused, naming the tensor, instead of being written as inf. Models trained in bf16
+/// can hold such values (or reach them once AWQ folds 1/s into a norm).
+pub fn encode_f16_checked(name: &str, values: &[f32]) -> crate::error::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(values.len() * 2);
+    for (i, &v) in values.iter().enumerate() {
+        let h = f16::from_f32(v);
+        if h.is_infinite() && v.is_finite() {
+            return Err(crate::error::Error::input(
+                name,
+                format!("value {v} at flat index {i} overflows fp16 (largest finite {F16_MAX}), the dtype the output format stores it in"),
+            ));
+        }
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    Ok(out)
+}

@@ -751,3 +751,30 @@ fn awq_pack_order_constants_are_inverse() {
     // Hand-computed: codes 0x1..0x8 in columns 0..7 pack to 0x86427531.
     assert_eq!(awq_gemm::pack_awq(&[1, 2, 3, 4, 5, 6, 7, 8], 1, 8), vec![0x8642_7531u32 as i32]);
 }
+
+#[test]
+fn fp16_overflow_is_refused_naming_the_tensor_and_nothing_is_left() {
+    // The boundary: 65504 is f16's largest finite value and 65519 still rounds down to it; 65520
+    // rounds to inf.
+    assert!(awqc::tensor::encode_f16_checked("t", &[65504.0, -65519.0, f32::INFINITY]).is_ok());
+    let e = awqc::tensor::encode_f16_checked("t", &[1.0, 65520.0]).unwrap_err();
+    assert!(e.msg.contains("65520") && e.msg.contains("flat index 1") && e.msg.contains("fp16"), "{}", e.msg);
+
+    // A layer norm that AWQ folding (or bf16 training) pushed past fp16: both writers refuse it,
+    // naming the tensor in their own format's name, before renaming anything into place.
+    let base = scratch("f16-overflow");
+    let c = llama(128, 256, 2, 2, 64, true);
+    let mut m = random_quantized_model(&c, qp(128), 4).unwrap();
+    m.layers[1].mlp_norm[3] = 1.0e5;
+    for (which, name) in [("awq", "model.layers.1.post_attention_layernorm.weight"), ("tm", "layers.1.ffn_norm.weight")] {
+        let out = base.join(which);
+        let sink: Box<dyn QuantSink> =
+            if which == "awq" { Box::new(AwqWriter::new(&out, false)) } else { Box::new(TurbomindWriter::new(&out, false)) };
+        let e = m.write_to(sink).unwrap_err();
+        assert!(e.msg.contains(name) && e.msg.contains("100000"), "{which}: {}", e.msg);
+        assert!(!out.exists(), "{which}: output left behind");
+    }
+    let left: Vec<_> = std::fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "staging directories left behind: {left:?}");
+    std::fs::remove_dir_all(&base).unwrap();
+}

@@ -212,3 +212,42 @@ fn gram_loss_equals_direct_output_mse() {
     let rel = (direct - gs.loss_best).abs() / direct;
     assert!(rel < 1e-4, "gram loss {} vs direct {direct} (rel {rel:e})", gs.loss_best);
 }
+
+#[test]
+fn activations_beyond_fp16_are_reported_by_layer() {
+    let c = synth::config(Arch::Llama, 128, 256, 2, 4, 2, 64, true);
+    let mut src = MemSource { globals: synth::globals(&c, 3), layers: (0..2).map(|i| synth::layer(&c, 3, i)).collect(), config: c.clone() };
+    let mut r = SplitMix(17);
+    let blocks: Vec<Vec<u32>> = (0..2).map(|_| (0..32).map(|_| (r.next_u64() % 64) as u32).collect()).collect();
+    let opts = QuantizeOptions {
+        mode: Mode::Awq,
+        params: QuantParams::new(4, 32).unwrap(),
+        duo_scaling: true,
+        clip: false,
+        search_scale: false,
+        batch_size: 1,
+        n_grid: 20,
+    };
+    let report = |src: &MemSource| {
+        let mut sink = CollectSink::default();
+        quantize::<B>(src, &blocks, &opts, &mut sink, &Default::default(), None, |_| {}).unwrap()
+    };
+    let rep = report(&src);
+    for l in &rep.layers {
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert!(l.act_absmax > 0.0 && l.act_absmax < 65504.0, "layer {}: {}", l.layer, l.act_absmax);
+    }
+    // Embeddings scaled to |x| <= 2e5: the residual stream, i.e. every layer's output, leaves
+    // fp16's range (the f32 search itself is fine with it).
+    let m = src.globals.embed.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for v in src.globals.embed.data.iter_mut() {
+        *v *= 2.0e5 / m;
+    }
+    let rep = report(&src);
+    for l in &rep.layers {
+        assert!(l.act_absmax > 65504.0, "layer {}: {}", l.layer, l.act_absmax);
+        assert_eq!(l.warnings.len(), 1, "layer {}: {:?}", l.layer, l.warnings);
+        let w = &l.warnings[0];
+        assert!(w.contains(&format!("layer {}:", l.layer)) && w.contains("layer output") && w.contains("65504"), "{w}");
+    }
+}

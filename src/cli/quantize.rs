@@ -102,6 +102,11 @@ fn run_on<B: Backend>(
         pb.inc(1);
     });
     pb.finish_and_clear();
+    if let Ok(rep) = &r {
+        for w in rep.layers.iter().flat_map(|l| &l.warnings) {
+            crate::progress::status(&format!("warning: {w}"));
+        }
+    }
     r
 }
 

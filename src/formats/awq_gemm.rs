@@ -23,7 +23,7 @@ use crate::quant::int4::{QuantParams, QuantizedLinear};
 use crate::quant::qmodel::{
     check_linear, concat_rows, invert_permutation, select_rows, slice_rows, QuantSink, QuantizedLayer, QuantizedModel,
 };
-use crate::tensor::DType;
+use crate::tensor::{encode_f16_checked, DType};
 use half::{bf16, f16};
 use safetensors::tensor::Dtype as StDtype;
 use serde_json::{json, Value};
@@ -344,7 +344,8 @@ fn write_linear(out: &mut ShardedWriter, name: &str, l: &QuantizedLinear) -> Res
     out.write(&format!("{name}.qzeros"), &i32_bytes(&t.qzeros))?;
     out.write(&format!("{name}.scales"), &f16_bytes(&t.scales))?;
     if let Some(b) = &l.bias {
-        out.write(&format!("{name}.bias"), &DType::F16.encode(b))?;
+        let bias = format!("{name}.bias");
+        out.write(&bias, &encode_f16_checked(&bias, b)?)?;
     }
     Ok(())
 }
@@ -378,10 +379,10 @@ impl QuantSink for AwqWriter {
         }
         let specs = tensor_specs(config, params);
         let mut out = ShardedWriter::create(staged.path(), "model", specs, self.max_shard_bytes, &[("format", "pt")])?;
-        out.write(emb, &DType::F16.encode(&globals.embed.data))?;
-        out.write(norm, &DType::F16.encode(&globals.norm))?;
+        out.write(emb, &encode_f16_checked(emb, &globals.embed.data)?)?;
+        out.write(norm, &encode_f16_checked(norm, &globals.norm)?)?;
         if let Some(t) = lm_head {
-            out.write(head, &DType::F16.encode(&t.data))?;
+            out.write(head, &encode_f16_checked(head, &t.data)?)?;
         }
         self.open = Some(AwqOpen { staged, out, config: config.clone(), params, next_layer: 0 });
         Ok(())
@@ -406,8 +407,8 @@ impl QuantSink for AwqWriter {
             check_linear(&name, layer.linear(kind), n, k, st.params, kind.has_bias(c))?;
         }
         let (n1, n2) = arch::norm_names(c.arch, index);
-        st.out.write(&n1, &DType::F16.encode(&layer.attn_norm))?;
-        st.out.write(&n2, &DType::F16.encode(&layer.mlp_norm))?;
+        st.out.write(&n1, &encode_f16_checked(&n1, &layer.attn_norm)?)?;
+        st.out.write(&n2, &encode_f16_checked(&n2, &layer.mlp_norm)?)?;
         for m in layer_modules(c.arch) {
             let (name, ..) = module_shape(c, index, m);
             match m {

@@ -31,7 +31,7 @@ use crate::quant::int4::{QuantParams, QuantizedLinear};
 use crate::quant::qmodel::{
     check_linear, concat_rows, invert_permutation, select_rows, slice_rows, QuantSink, QuantizedLayer, QuantizedModel,
 };
-use crate::tensor::{DType, HostTensor};
+use crate::tensor::{encode_f16_checked, DType, HostTensor};
 use half::f16;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -590,7 +590,8 @@ fn write_linear(dir: &Path, prefix: &str, l: &QuantizedLinear) -> Result<()> {
     write_raw(dir, &format!("{prefix}.scales"), &f16_bytes(&transpose(&l.scales, l.n, g)))?;
     write_raw(dir, &format!("{prefix}.zeros"), &f16_bytes(&zeros))?;
     if let Some(b) = &l.bias {
-        write_raw(dir, &format!("{prefix}.bias"), &DType::F16.encode(b))?;
+        let bias = format!("{prefix}.bias");
+        write_raw(dir, &bias, &encode_f16_checked(&bias, b)?)?;
     }
     Ok(())
 }
@@ -692,9 +693,9 @@ impl QuantSink for TurbomindWriter {
             copy_tokenizer_files(src, staged.path())?;
         }
         // tp = 1: no vocab padding (lmdeploy pads only when vocab % tp != 0).
-        write_raw(&weights, "tok_embeddings.0.weight", &DType::F16.encode(&globals.embed.data))?;
-        write_raw(&weights, "norm.weight", &DType::F16.encode(&globals.norm))?;
-        write_raw(&weights, "output.0.weight", &DType::F16.encode(&head.transpose2().data))?;
+        write_raw(&weights, "tok_embeddings.0.weight", &encode_f16_checked("tok_embeddings.0.weight", &globals.embed.data)?)?;
+        write_raw(&weights, "norm.weight", &encode_f16_checked("norm.weight", &globals.norm)?)?;
+        write_raw(&weights, "output.0.weight", &encode_f16_checked("output.0.weight", &head.transpose2().data)?)?;
         let inter_pad = padded_inter_size(config.intermediate_size, params.group, 1);
         self.open = Some(TmOpen { staged, weights, config: config.clone(), params, inter_pad, next_layer: 0 });
         Ok(())
@@ -719,8 +720,9 @@ impl QuantSink for TurbomindWriter {
             check_linear(&name, layer.linear(kind), n, k, st.params, kind.has_bias(c))?;
         }
         let (dir, p) = (&st.weights, format!("layers.{index}"));
-        write_raw(dir, &format!("{p}.attention_norm.weight"), &DType::F16.encode(&layer.attn_norm))?;
-        write_raw(dir, &format!("{p}.ffn_norm.weight"), &DType::F16.encode(&layer.mlp_norm))?;
+        let (n1, n2) = (format!("{p}.attention_norm.weight"), format!("{p}.ffn_norm.weight"));
+        write_raw(dir, &n1, &encode_f16_checked(&n1, &layer.attn_norm)?)?;
+        write_raw(dir, &n2, &encode_f16_checked(&n2, &layer.mlp_norm)?)?;
         write_linear(dir, &format!("{p}.attention.w_qkv.0"), &merged_qkv(c, layer)?)?;
         write_linear(dir, &format!("{p}.attention.wo.0"), &layer.o)?;
         if c.attention_bias {

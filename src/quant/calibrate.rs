@@ -22,6 +22,9 @@ pub struct LayerInputs<B: Backend> {
     pub mlp_in: Vec<Tensor<B, 3>>,
     /// down_proj input.
     pub down_in: Vec<Tensor<B, 3>>,
+    /// Largest |activation| of each input above and of the layer output, named: what an fp16
+    /// inference engine would have to represent (the f32 chain here cannot overflow).
+    pub absmax: Vec<(&'static str, f32)>,
 }
 
 impl<B: Backend> LayerInputs<B> {
@@ -122,7 +125,7 @@ impl<B: Backend> FpChain<B> {
     /// input, and advance the stream to the layer's output.
     pub fn step(&mut self, i: usize, w: &LayerWeights) -> Result<LayerInputs<B>> {
         let layer = DecoderLayer::from_host(w, &self.config, &self.device);
-        let mut ins = LayerInputs { attn_in: vec![], o_in: vec![], mlp_in: vec![], down_in: vec![] };
+        let mut ins = LayerInputs { attn_in: vec![], o_in: vec![], mlp_in: vec![], down_in: vec![], absmax: vec![] };
         let mut next = Vec::with_capacity(self.x.len());
         // Chunks are independent sequences: trace them concurrently, keep them in order.
         let traces: Vec<_> = {
@@ -148,6 +151,16 @@ impl<B: Backend> FpChain<B> {
                 ));
             }
         }
+        let absmax = |ts: &[Tensor<B, 3>]| {
+            ts.iter().map(|t| download(t.clone().abs().max()).first().copied().unwrap_or(0.0)).fold(0f32, f32::max)
+        };
+        ins.absmax = vec![
+            ("attention input", absmax(&ins.attn_in)),
+            ("o_proj input", absmax(&ins.o_in)),
+            ("MLP input", absmax(&ins.mlp_in)),
+            ("down_proj input", absmax(&ins.down_in)),
+            ("layer output", absmax(&next)),
+        ];
         self.x = next;
         Ok(ins)
     }

@@ -122,6 +122,12 @@ pub struct LayerReport {
     /// Replayed from a resume state rather than computed in this run.
     #[serde(default)]
     pub resumed: bool,
+    /// Largest |activation| among the layer's linear inputs and its output (full-precision chain).
+    #[serde(default)]
+    pub act_absmax: f64,
+    /// Problems worth a look that do not stop the job (e.g. activations beyond fp16's range).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Wall time per pipeline step (seconds).
@@ -358,6 +364,17 @@ pub fn quantize<B: Backend>(
             let t0 = Instant::now();
             let mut ins: LayerInputs<B> = chain.step(i, &w)?;
             rep.timings.calibration += t0.elapsed().as_secs_f64();
+            // fp16 guard: awqc computes in f32, but the checkpoints are run in fp16 by most
+            // engines; a bf16-trained model whose activations pass 65504 turns into inf there.
+            if let Some(&(what, m)) = ins.absmax.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+                lr.act_absmax = m as f64;
+                if m > crate::tensor::F16_MAX {
+                    lr.warnings.push(format!(
+                        "layer {i}: the {what} reaches |x| = {m:.0}, beyond fp16's {}: engines running this checkpoint in fp16 will overflow (run them in bf16)",
+                        crate::tensor::F16_MAX
+                    ));
+                }
+            }
 
             // 2. scales for every group, all computed on the unmodified layer.
             let t0 = Instant::now();
