@@ -194,23 +194,32 @@ fn awq_beats_rtn_and_is_deterministic() {
 
 #[test]
 fn gram_loss_equals_direct_output_mse() {
-    // For a single-linear group the search uses Σ Δw (XᵀX) Δwᵀ; it must equal the direct MSE.
+    // For a single-linear group with at least K tokens the search uses Σ Δw (XᵀX) Δwᵀ; it must
+    // equal the direct MSE. (Here 2 x 80 = 160 tokens >= K = 128.)
     let c = synth::config(Arch::Llama, 64, 128, 1, 4, 2, 50, true);
     let w = synth::layer(&c, 21, 0);
     let dev = Default::default();
     let mut r = SplitMix(3);
-    let x: Vec<f32> = (0..2 * 10 * 128).map(|i| r.normal() * if i % 128 == 7 { 10.0 } else { 1.0 }).collect();
-    let xt: Vec<Tensor<B, 3>> = vec![upload(x[..1280].to_vec(), [1, 10, 128], &dev), upload(x[1280..].to_vec(), [1, 10, 128], &dev)];
-    let xm: Vec<f64> = (0..128).map(|ch| (0..20).map(|t| x[t * 128 + ch].abs() as f64).sum::<f64>() / 20.0).collect();
+    let (t, k) = (80, 128);
+    let x: Vec<f32> = (0..2 * t * k).map(|i| r.normal() * if i % k == 7 { 10.0 } else { 1.0 }).collect();
+    let xt: Vec<Tensor<B, 3>> = vec![upload(x[..t * k].to_vec(), [1, t, k], &dev), upload(x[t * k..].to_vec(), [1, t, k], &dev)];
+    let xm: Vec<f64> = (0..k).map(|ch| (0..2 * t).map(|i| x[i * k + ch].abs() as f64).sum::<f64>() / (2 * t) as f64).collect();
     let block = Inspect::<B>::Linear(LinearB::from_host(&w.down, &dev));
     let p = QuantParams::new(4, 32).unwrap();
     let gs = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &xt, &xm, None, p, true, 20, 10, &dev);
     let org: Vec<Tensor<B, 3>> = xt.iter().map(|c| block.forward(c.clone())).collect();
     let lq = awqc::model::arch::Linear { w: scaled_fake_quant(&w.down.w, &gs.scales, p), b: None };
     let trial = block.with(&[(LinearKind::Down, LinearB::from_host(&lq, &dev))]);
-    let direct: f64 = xt.iter().zip(&org).map(|(c, o)| sq_err_sum(trial.forward(c.clone()), o.clone())).sum::<f64>() / (20 * 64) as f64;
+    let direct: f64 = xt.iter().zip(&org).map(|(c, o)| sq_err_sum(trial.forward(c.clone()), o.clone())).sum::<f64>() / (2 * t * 64) as f64;
     let rel = (direct - gs.loss_best).abs() / direct;
     assert!(rel < 1e-4, "gram loss {} vs direct {direct} (rel {rel:e})", gs.loss_best);
+    // With fewer tokens than K the search evaluates the product directly: the same loss up to
+    // rounding (the first chunk alone: 80 tokens < 128).
+    let gs1 = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &xt[..1], &xm, None, p, true, 20, 10, &dev);
+    let lq1 = awqc::model::arch::Linear { w: scaled_fake_quant(&w.down.w, &gs1.scales, p), b: None };
+    let trial1 = block.with(&[(LinearKind::Down, LinearB::from_host(&lq1, &dev))]);
+    let direct1 = sq_err_sum(trial1.forward(xt[0].clone()), org[0].clone()) / (t * 64) as f64;
+    assert_eq!(direct1, gs1.loss_best, "direct path: recorded loss differs from the recomputed one");
 }
 
 #[test]

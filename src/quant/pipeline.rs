@@ -242,13 +242,15 @@ fn block_flops(g: ScaleGroup, c: &ModelConfig, t: usize, s: usize) -> f64 {
 }
 
 /// FLOPs of a group's search: the FP forward, the RTN point and the trial forwards; for a
-/// single-linear group, the Gram matrix plus one `[N,K]x[K,K]` product per point.
+/// single-linear group on at least K tokens, the Gram matrix plus one `[N,K]x[K,K]` product per
+/// point.
 /// `grid_work` is the number of full grid-point evaluations actually done (abandoned points count
 /// for the fraction of the chunks they ran on).
 fn search_flops(g: ScaleGroup, c: &ModelConfig, t: usize, s: usize, grid_work: f64) -> f64 {
+    let (n, k) = g.consumers()[0].shape(c);
     match g {
-        ScaleGroup::AttnOut | ScaleGroup::MlpOut => {
-            let (n, k) = g.consumers()[0].shape(c);
+        // The closed form is used when there are at least K tokens (search.rs).
+        ScaleGroup::AttnOut | ScaleGroup::MlpOut if t >= k => {
             2.0 * t as f64 * (k * k) as f64 + (grid_work + 1.0) * 2.0 * (n * k * k) as f64
         }
         _ => (grid_work + 2.0) * block_flops(g, c, t, s),

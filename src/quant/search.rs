@@ -213,7 +213,10 @@ pub fn search_group<B: Backend>(
     let tokens: usize = x.iter().map(|c| c.dims()[0] * c.dims()[1]).sum();
     // `eval(s, bound)`: the loss of scales `s`, abandoned once it provably exceeds `bound`.
     let eval: Box<dyn Fn(&[f64], f64) -> Trial> = match block {
-        Inspect::Linear(_) if consumers.len() == 1 => {
+        // The closed form costs N·K² per point against T·N·K for the direct product: it pays
+        // when there are at least as many tokens as input channels (SmolLM2's down_proj, K = 1536,
+        // from 2 x 512 tokens on); a 13B down_proj (K = 13824) on a few hundred tokens goes direct.
+        Inspect::Linear(_) if consumers.len() == 1 && tokens >= consumers[0].1.w.dims2().1 => {
             // Closed form, one cheap product: nothing to abandon.
             let g = gram(x);
             let w = consumers[0].1.w.clone();
