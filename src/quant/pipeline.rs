@@ -233,8 +233,9 @@ fn block_flops(g: ScaleGroup, c: &ModelConfig, t: usize, s: usize) -> f64 {
     let (q, kv) = (c.q_dim() as f64, c.kv_dim() as f64);
     let t = t as f64;
     match g {
-        // q, k, v, o projections + QKᵀ and PV over full (masked) score matrices.
-        ScaleGroup::AttnIn => 2.0 * t * (h * (q + 2.0 * kv) + q * h) + 4.0 * t * s as f64 * q,
+        // q, k, v, o projections + QKᵀ and PV over the causal half (the host kernel skips the
+        // masked keys block by block), as the bench's forward count does.
+        ScaleGroup::AttnIn => 2.0 * t * (h * (q + 2.0 * kv) + q * h) + 2.0 * t * (s as f64 + 1.0) * q,
         ScaleGroup::AttnOut => 2.0 * t * q * h,
         ScaleGroup::MlpIn => 2.0 * t * 3.0 * h * i,
         ScaleGroup::MlpOut => 2.0 * t * i * h,
