@@ -35,7 +35,7 @@ test: fixtures
 bench: fixtures
 	$(AWQC) bench --model $(SMOL)
 
-# Recompute goldens/smollm2-135m.json (GOLDENS="fp rtn-g64 ..." picks entries; the *-c128 ones take hours).
+# Recompute goldens/smollm2-135m.json (GOLDENS="fp rtn-g64 ..." picks entries; the *-c128 ones take ~35 min each).
 goldens: fixtures
 	./scripts/goldens.sh $(AWQC) $(GOLDENS)
 

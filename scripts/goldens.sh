@@ -7,7 +7,7 @@
 # Needs `make fixtures`. Prints one `name ppl` line per entry and rewrites the goldens file with
 # the measured values (tolerances and notes below); each quantization's JSON report is kept
 # under out/goldens/. The awq-*-c128 entries are the acceptance
-# configuration of issue 3 (128 x 512 c4 blocks) and take one to two hours each on 2 cores.
+# configuration of issue 3 (128 x 512 c4 blocks) and take about 35 minutes each on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 awqc="${1:-target/release/awqc}"
