@@ -29,8 +29,11 @@ demo: fixtures
 	$(AWQC) quantize --model $(SMOL) --out out/smollm2-awq-g64 --w-group-size 64 \
 	  --calib-dataset c4 --calib-samples 32 --calib-seqlen 512 --force --eval
 
+# The tests, then the cargo-fuzz targets (own workspace, parsers only) must still compile: fuzzing
+# needs nightly flags and runs in `make fuzz`; the targets' logic is also replayed by tests/bad_inputs.rs.
 test: fixtures
 	$(CARGO) test --release --workspace
+	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins --locked --target-dir target/fuzz-check
 
 bench: fixtures
 	$(AWQC) bench --model $(SMOL)
