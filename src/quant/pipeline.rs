@@ -258,9 +258,11 @@ fn search_flops(g: ScaleGroup, c: &ModelConfig, t: usize, s: usize, grid_work: f
     }
 }
 
-/// The grid index to evaluate first for group `g`: its α in the previous layer, else the middle.
-fn first_guess(prev: &[(ScaleGroup, f64)], g: ScaleGroup, n_grid: usize) -> usize {
-    prev.iter().find(|(h, _)| *h == g).map_or(n_grid / 2, |(_, a)| (a * n_grid as f64).round() as usize)
+/// The grid index to evaluate first for group `g`: its α in the previous layer's report (usually
+/// close to the winner, so the search can abandon more points), else the middle.
+fn first_guess(prev: Option<&LayerReport>, g: ScaleGroup, n_grid: usize) -> usize {
+    prev.and_then(|l| l.groups.iter().find(|gs| gs.group == g.name()))
+        .map_or(n_grid / 2, |gs| (gs.alpha * n_grid as f64).round() as usize)
 }
 
 /// lmdeploy's smoothing scales for one group (awq-reference §2.5): `s = a^α / w_mean^(1-α)`
@@ -337,9 +339,6 @@ pub fn quantize<B: Backend>(
     let tokens = rep.calib_tokens;
     let seqlen = blocks.first().map(|b| b.len()).unwrap_or(0);
 
-    // Each group's α in the previous layer: evaluated first in this layer's search, where it is
-    // usually close to the winner (a low bound early lets the search abandon more points).
-    let mut prev_alpha: Vec<(ScaleGroup, f64)> = Vec::new();
     for i in 0..c.num_hidden_layers {
         let layer_start = Instant::now();
         let t0 = Instant::now();
@@ -395,7 +394,7 @@ pub fn quantize<B: Backend>(
                 let s = match opts.mode {
                     Mode::Awq => {
                         let block = inspector(g, &w, &c, chain);
-                        let first = first_guess(&prev_alpha, g, opts.n_grid);
+                        let first = first_guess(rep.layers.last(), g, opts.n_grid);
                         let gs = search_group(g, &consumers, &block, x, &stats.absmean(), fixed.as_deref(), p, opts.duo_scaling, opts.n_grid, first, dev);
                         rep.search_flops += search_flops(g, &c, tokens, seqlen, gs.grid_work);
                         if !gs.loss_best.is_finite() {
@@ -478,12 +477,6 @@ pub fn quantize<B: Backend>(
         rep.timings.export += t0.elapsed().as_secs_f64();
         if !lr.resumed {
             lr.seconds = layer_start.elapsed().as_secs_f64();
-        }
-        for gs in &lr.groups {
-            if let Some(g) = ScaleGroup::for_model(&c).into_iter().find(|g| g.name() == gs.group) {
-                prev_alpha.retain(|(h, _)| *h != g);
-                prev_alpha.push((g, gs.alpha));
-            }
         }
         on_layer(&lr);
         rep.layers.push(lr);
