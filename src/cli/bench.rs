@@ -64,20 +64,26 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// Best-of-3 GFLOP/s of `run` (after one warm-up call), which does `flops` operations.
+fn best_of_3_gflops(flops: f64, run: impl Fn()) -> f64 {
+    run();
+    (0..3)
+        .map(|_| {
+            let t0 = Instant::now();
+            run();
+            flops / t0.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0f64, f64::max)
+}
+
 /// Best-of-3 GFLOP/s of an `n x n` f32 matmul on backend `B`.
 pub fn matmul_gflops<B: Backend>(n: usize) -> f64 {
     let dev = Default::default();
     let a = Tensor::<B, 2>::random([n, n], Distribution::Default, &dev);
     let b = Tensor::<B, 2>::random([n, n], Distribution::Default, &dev);
-    let _ = download(a.clone().matmul(b.clone()).slice([0..1, 0..1]));
-    let mut best = 0f64;
-    for _ in 0..3 {
-        let t0 = Instant::now();
-        let c = a.clone().matmul(b.clone());
-        let _ = download(c.slice([0..1, 0..1]));
-        best = best.max(2.0 * (n as f64).powi(3) / t0.elapsed().as_secs_f64() / 1e9);
-    }
-    best
+    best_of_3_gflops(2.0 * (n as f64).powi(3), || {
+        let _ = download(a.clone().matmul(b.clone()).slice([0..1, 0..1]));
+    })
 }
 
 /// Best-of-3 GFLOP/s of two independent `n x n` f32 matmuls run concurrently on backend `B`
@@ -87,20 +93,12 @@ pub fn matmul_pair_gflops<B: Backend>(n: usize) -> f64 {
     let dev = Default::default();
     let mk = || Tensor::<B, 2>::random([n, n], Distribution::Default, &dev);
     let (a, b, c, d) = (mk(), mk(), mk(), mk());
-    let run = || {
+    best_of_3_gflops(2.0 * 2.0 * (n as f64).powi(3), || {
         rayon::join(
             || download(a.clone().matmul(b.clone()).slice([0..1, 0..1])),
             || download(c.clone().matmul(d.clone()).slice([0..1, 0..1])),
-        )
-    };
-    let _ = run();
-    let mut best = 0f64;
-    for _ in 0..3 {
-        let t0 = Instant::now();
-        let _ = run();
-        best = best.max(2.0 * 2.0 * (n as f64).powi(3) / t0.elapsed().as_secs_f64() / 1e9);
-    }
-    best
+        );
+    })
 }
 
 /// Forward FLOPs per token of a window of `t` tokens: every linear and the LM head (2 per
