@@ -63,19 +63,25 @@ impl HostTensor {
     }
     /// Transpose a 2-D tensor: `[r, c] -> [c, r]`.
     pub fn transpose2(&self) -> HostTensor {
+        use rayon::prelude::*;
         let (r, c) = self.dims2();
         let mut out = vec![0.0f32; r * c];
-        // Blocked to stay cache-friendly on large embeddings.
+        if r == 0 || c == 0 {
+            return HostTensor { shape: vec![c, r], data: out };
+        }
+        // Blocked to stay cache-friendly on large weights; each task writes its own band of
+        // B output rows (input columns), so the threads never share an output cache line.
         const B: usize = 64;
-        for i0 in (0..r).step_by(B) {
-            for j0 in (0..c).step_by(B) {
+        out.par_chunks_mut(B * r).enumerate().for_each(|(jb, band)| {
+            let (j0, jn) = (jb * B, band.len() / r);
+            for i0 in (0..r).step_by(B) {
                 for i in i0..(i0 + B).min(r) {
-                    for j in j0..(j0 + B).min(c) {
-                        out[j * r + i] = self.data[i * c + j];
+                    for (jj, &v) in self.data[i * c + j0..i * c + j0 + jn].iter().enumerate() {
+                        band[jj * r + i] = v;
                     }
                 }
             }
-        }
+        });
         HostTensor { shape: vec![c, r], data: out }
     }
     /// Stack 2-D tensors with equal column counts along rows: `[r1,c] ++ [r2,c] -> [r1+r2, c]`.
@@ -189,4 +195,24 @@ pub fn encode_f16_checked(name: &str, values: &[f32]) -> crate::error::Result<Ve
         out.extend_from_slice(&h.to_le_bytes());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose2_moves_every_element_for_shapes_off_the_block_size() {
+        // Bands of 64 output rows split across threads: shapes below, at and past the band.
+        for (r, c) in [(1, 1), (3, 130), (130, 3), (64, 64), (65, 129), (200, 1), (1, 200), (0, 5)] {
+            let t = HostTensor { shape: vec![r, c], data: (0..r * c).map(|v| v as f32).collect() };
+            let tt = t.transpose2();
+            assert_eq!(tt.shape, vec![c, r]);
+            for i in 0..r {
+                for j in 0..c {
+                    assert_eq!(tt.data[j * r + i], t.data[i * c + j], "[{i},{j}] of {r}x{c}");
+                }
+            }
+        }
+    }
 }

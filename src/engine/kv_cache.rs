@@ -58,7 +58,7 @@ pub fn quantize_row(x: &[f32], bits: u32) -> (Vec<u8>, f16, f16) {
     let (s, z) = (scale.to_f32(), zero.to_f32());
     // A constant row has scale 0: every code is 0 and dequantizes to the zero point.
     let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-    let q = x.iter().map(|&v| ((v - z) * inv).round_ties_even().clamp(0.0, max_q) as u8).collect();
+    let q = x.iter().map(|&v| crate::quant::int4::round_half_even((v - z) * inv).clamp(0.0, max_q) as u8).collect();
     (q, scale, zero)
 }
 

@@ -4,7 +4,8 @@
 //! quantization. q/k projections are not clipped (the QK product makes the error measure poor).
 
 use crate::engine::llama::{download, upload};
-use crate::quant::int4::{fake_quantize_inplace, QuantParams};
+use crate::quant::int4::{fake_quantize_group, QuantParams};
+use rayon::prelude::*;
 use crate::tensor::HostTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -76,33 +77,35 @@ pub fn clip_linear<B: Backend>(
     for r0 in (0..n).step_by(ROW_BATCH) {
         let r1 = (r0 + ROW_BATCH).min(n);
         let nb = r1 - r0;
-        // W rows [r0, r1) as per-group right operands [G, g, nb].
-        let to_groups = |rows: &[f32]| -> Tensor<B, 3> {
+        let rows = &w.data[r0 * k..r1 * k];
+        // W rows [r0, r1) as per-group right operands [G, g, nb], each (row, group) clamped to
+        // ±absmax·shrink and fake-quantized on the way (shrink None: the original weights).
+        // Groups fill their own [g, nb] slab in parallel; the values do not depend on the split.
+        let to_groups = |shrink: Option<f32>| -> Tensor<B, 3> {
             let mut buf = vec![0f32; groups * g * nb];
-            for (ri, row) in rows.chunks(k).enumerate() {
-                for c in 0..k {
-                    let (gi, j) = (c / g, c % g);
-                    buf[(gi * g + j) * nb + ri] = row[c];
+            buf.par_chunks_mut(g * nb).enumerate().for_each(|(gi, slab)| {
+                let mut vals = vec![0f32; g];
+                for (ri, row) in rows.chunks(k).enumerate() {
+                    vals.copy_from_slice(&row[gi * g..(gi + 1) * g]);
+                    if let Some(shrink) = shrink {
+                        let m = absmax[(r0 + ri) * groups + gi] * shrink;
+                        for v in vals.iter_mut() {
+                            *v = v.clamp(-m, m);
+                        }
+                        fake_quantize_group(&mut vals, p.max_q());
+                    }
+                    for (j, &v) in vals.iter().enumerate() {
+                        slab[j * nb + ri] = v;
+                    }
                 }
-            }
+            });
             upload(buf, [groups, g, nb], dev)
         };
-        let rows = &w.data[r0 * k..r1 * k];
-        let org = xg.clone().matmul(to_groups(rows)); // [G, T', nb]
+        let org = xg.clone().matmul(to_groups(None)); // [G, T', nb]
         let mut min_err = vec![f64::INFINITY; nb * groups];
         for i in 0..steps {
             let shrink = 1.0 - i as f32 / N_GRID as f32;
-            let mut cur = rows.to_vec();
-            for (ri, row) in cur.chunks_mut(k).enumerate() {
-                for (gi, vals) in row.chunks_mut(g).enumerate() {
-                    let m = absmax[(r0 + ri) * groups + gi] * shrink;
-                    for v in vals {
-                        *v = v.clamp(-m, m);
-                    }
-                }
-            }
-            fake_quantize_inplace(&mut cur, k, p);
-            let out = xg.clone().matmul(to_groups(&cur));
+            let out = xg.clone().matmul(to_groups(Some(shrink)));
             // err[gi, ri] = mean over tokens of the squared partial-sum error.
             let err = download((out - org.clone()).powi_scalar(2).sum_dim(1)); // [G, 1, nb]
             for gi in 0..groups {

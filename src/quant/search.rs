@@ -6,8 +6,8 @@
 
 use crate::engine::llama::{download, Attention, LinearB, Mlp, RopeTables};
 use crate::model::arch::{Linear, LinearKind, ScaleGroup};
-use crate::quant::fold::{normalize_scales, scale_columns};
-use crate::quant::int4::{fake_quantize_inplace, QuantParams};
+use crate::quant::fold::normalize_scales;
+use crate::quant::int4::{fake_quantize_row, QuantParams};
 use crate::tensor::HostTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -53,15 +53,19 @@ pub fn raw_scales(x_mean: &[f64], w_mean: Option<&[f64]>, alpha: f64) -> Vec<f64
 pub fn scaled_fake_quant(w: &HostTensor, s: &[f64], p: QuantParams) -> HostTensor {
     let k = w.dims2().1;
     let sf: Vec<f32> = s.iter().map(|&v| v as f32).collect();
-    let mut data = w.data.clone();
-    scale_columns(&mut data, k, &sf);
-    fake_quantize_inplace(&mut data, k, p);
-    // Dividing by s (not multiplying by 1/s) is what the reference does; keep it exact.
-    for row in data.chunks_mut(k) {
-        for (v, &f) in row.iter_mut().zip(&sf) {
-            *v /= f;
+    let mut data = vec![0f32; w.data.len()];
+    // One pass per row, rows in parallel (each row's arithmetic is independent of the thread
+    // count): scale the columns, fake-quantize, divide by s again. Dividing (not multiplying by
+    // 1/s) is what the reference does; keep it exact.
+    data.par_chunks_mut(k).zip(w.data.par_chunks(k)).for_each(|(out, row)| {
+        for ((o, &v), &f) in out.iter_mut().zip(row).zip(&sf) {
+            *o = v * f;
         }
-    }
+        fake_quantize_row(out, p);
+        for (o, &f) in out.iter_mut().zip(&sf) {
+            *o /= f;
+        }
+    });
     HostTensor { shape: w.shape.clone(), data }
 }
 
