@@ -850,6 +850,18 @@ fn quantize_flags_and_outputs_are_checked_before_any_work() {
         &["out.report.json: output path exists"],
         &dir,
     );
+    // --max-memory: a size clap can parse, and at least two calibration chunks' worth.
+    let mm = |out: &Path, cap: &str| {
+        args(&[&"quantize", &"--model", &b.hf, &"--out", &out, &"--calib-samples", &"4", &"--calib-seqlen", &"64", &"--max-memory", &cap])
+    };
+    r.refused("--max-memory with an unknown unit", mm(&dir.join("mm1"), "10X"), USAGE, &["--max-memory", "unknown unit \"X\""], &dir);
+    r.refused(
+        "--max-memory below two chunks",
+        mm(&dir.join("mm2"), "1K"),
+        USAGE,
+        &["--max-memory 1024 bytes", "below two calibration chunks' activations", "--batch-size 1 x --calib-seqlen 64"],
+        &dir,
+    );
     r.finish("quantize flag");
 }
 

@@ -11,6 +11,7 @@ use awqc::quant::fold::fold_group;
 use awqc::quant::int4::QuantParams;
 use awqc::quant::pipeline::{quantize, MemSource, Mode, QuantizeOptions};
 use awqc::quant::qmodel::{CollectSink, QuantizedModel};
+use awqc::quant::chunks::Chunks;
 use awqc::quant::search::{scaled_fake_quant, search_group, sq_err_sum, Inspect};
 use burn::tensor::Tensor;
 
@@ -114,7 +115,7 @@ fn search_restarts_each_grid_point_from_original_weights_and_prunes_exactly() {
 
     let mut abandoned = 0;
     for first in [0, 10, 19] {
-        let gs = search_group(ScaleGroup::AttnIn, &consumers, &block, &x, &xm, None, p, true, 20, first, &dev);
+        let gs = search_group(ScaleGroup::AttnIn, &consumers, &block, &Chunks::resident(x.clone(), &dev), &xm, None, p, true, 20, first, &dev).unwrap();
         assert_eq!(gs.losses.len(), 20);
         assert_eq!(gs.alpha, best as f64 / 20.0, "first = {first}");
         assert_eq!(gs.loss_best, exhaustive[best], "first = {first}");
@@ -157,6 +158,7 @@ fn run(src: &MemSource, blocks: &[Vec<u32>], mode: Mode, clip: bool) -> Quantize
         search_scale: false,
         batch_size: 2,
         n_grid: 20,
+        spill: Default::default(),
     };
     let mut sink = CollectSink::default();
     quantize::<B>(src, blocks, &opts, &mut sink, &Default::default(), None, |_| {}).unwrap();
@@ -206,7 +208,7 @@ fn gram_loss_equals_direct_output_mse() {
     let xm: Vec<f64> = (0..k).map(|ch| (0..2 * t).map(|i| x[i * k + ch].abs() as f64).sum::<f64>() / (2 * t) as f64).collect();
     let block = Inspect::<B>::Linear(LinearB::from_host(&w.down, &dev));
     let p = QuantParams::new(4, 32).unwrap();
-    let gs = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &xt, &xm, None, p, true, 20, 10, &dev);
+    let gs = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &Chunks::resident(xt.clone(), &dev), &xm, None, p, true, 20, 10, &dev).unwrap();
     let org: Vec<Tensor<B, 3>> = xt.iter().map(|c| block.forward(c.clone())).collect();
     let lq = awqc::model::arch::Linear { w: scaled_fake_quant(&w.down.w, &gs.scales, p), b: None };
     let trial = block.with(&[(LinearKind::Down, LinearB::from_host(&lq, &dev))]);
@@ -215,7 +217,7 @@ fn gram_loss_equals_direct_output_mse() {
     assert!(rel < 1e-4, "gram loss {} vs direct {direct} (rel {rel:e})", gs.loss_best);
     // With fewer tokens than K the search evaluates the product directly: the same loss up to
     // rounding (the first chunk alone: 80 tokens < 128).
-    let gs1 = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &xt[..1], &xm, None, p, true, 20, 10, &dev);
+    let gs1 = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &Chunks::resident(xt[..1].to_vec(), &dev), &xm, None, p, true, 20, 10, &dev).unwrap();
     let lq1 = awqc::model::arch::Linear { w: scaled_fake_quant(&w.down.w, &gs1.scales, p), b: None };
     let trial1 = block.with(&[(LinearKind::Down, LinearB::from_host(&lq1, &dev))]);
     let direct1 = sq_err_sum(trial1.forward(xt[0].clone()), org[0].clone()) / (t * 64) as f64;
@@ -236,6 +238,7 @@ fn activations_beyond_fp16_are_reported_by_layer() {
         search_scale: false,
         batch_size: 1,
         n_grid: 20,
+        spill: Default::default(),
     };
     let report = |src: &MemSource| {
         let mut sink = CollectSink::default();
@@ -259,4 +262,44 @@ fn activations_beyond_fp16_are_reported_by_layer() {
         let w = &l.warnings[0];
         assert!(w.contains(&format!("layer {}:", l.layer)) && w.contains("layer output") && w.contains("65504"), "{w}");
     }
+}
+
+#[test]
+fn activations_spilled_to_disk_give_the_same_model() {
+    // --max-memory: chunks past the first of every activation list live on disk. The search reads
+    // them back bit for bit, so the quantized model must not change, and no file may be left over.
+    use awqc::quant::chunks::SpillPolicy;
+    let c = synth::config(Arch::Llama, 128, 256, 2, 4, 2, 64, true);
+    let src = MemSource { globals: synth::globals(&c, 5), layers: (0..2).map(|i| synth::layer(&c, 5, i)).collect(), config: c.clone() };
+    let mut r = SplitMix(23);
+    let blocks: Vec<Vec<u32>> = (0..5).map(|_| (0..32).map(|_| (r.next_u64() % 64) as u32).collect()).collect();
+    let run_with = |spill: SpillPolicy| {
+        let opts = QuantizeOptions {
+            mode: Mode::Awq,
+            params: QuantParams::new(4, 32).unwrap(),
+            duo_scaling: true,
+            clip: true,
+            search_scale: false,
+            batch_size: 1,
+            n_grid: 20,
+            spill,
+        };
+        let mut sink = CollectSink::default();
+        let rep = quantize::<B>(&src, &blocks, &opts, &mut sink, &Default::default(), None, |_| {}).unwrap();
+        (sink.model.unwrap(), rep)
+    };
+    let (mem, mem_rep) = run_with(SpillPolicy::in_memory());
+    let dir = std::env::temp_dir().join(format!("awqc-spill-test-{}", std::process::id()));
+    let (disk, disk_rep) = run_with(SpillPolicy::spill_to(dir.clone(), 1).unwrap());
+    assert_eq!(mem_rep.chunks_spilled, 0);
+    // 4 of 5 chunks of the stream (embedding + 2 layers) and of each captured input and search
+    // output spill; at least the stream's must have.
+    assert!(disk_rep.chunks_spilled >= 4 * 3, "only {} chunks spilled", disk_rep.chunks_spilled);
+    assert!(mem.layers == disk.layers, "spilling changed the quantized layers");
+    for (a, b) in mem_rep.layers.iter().zip(&disk_rep.layers) {
+        let alphas = |l: &awqc::quant::pipeline::LayerReport| l.groups.iter().map(|g| (g.alpha, g.loss_best)).collect::<Vec<_>>();
+        assert_eq!(alphas(a), alphas(b), "layer {}", a.layer);
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "spill files left in {}", dir.display());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -102,22 +102,29 @@ fn quantized_files_are_byte_identical_across_runs_and_thread_counts() {
     let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let m = smollm();
     let mut hashes = Vec::new();
-    for (run, threads) in [("a", "2"), ("b", "2"), ("c", "1")] {
+    // Run c also caps the activations at two chunks' worth (4 chunks of 64 tokens, 1.1 MiB each):
+    // every chunk goes to disk and is read back, which must not change a byte.
+    for (run, threads, cap) in [("a", "2", None), ("b", "2", None), ("c", "1", Some("2.5M"))] {
         let out = tmp(&format!("det-{run}"));
-        let st = Command::new(env!("CARGO_BIN_EXE_awqc"))
-            .args(["--quiet", "quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--w-group-size", "64",
-                "--calib-dataset", "c4", "--calib-samples", "2", "--calib-seqlen", "128"])
-            .env("RAYON_NUM_THREADS", threads)
-            .current_dir(root())
-            .status()
-            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_awqc"));
+        cmd.args(["--quiet", "quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--w-group-size", "64",
+            "--calib-dataset", "c4", "--calib-samples", "4", "--calib-seqlen", "64"]);
+        if let Some(cap) = cap {
+            cmd.args(["--max-memory", cap]);
+        }
+        let st = cmd.env("RAYON_NUM_THREADS", threads).current_dir(root()).status().unwrap();
         assert!(st.success());
         hashes.push(sha256_dir(&out));
+        let report = out.with_file_name(format!("{}.report.json", out.file_name().unwrap().to_string_lossy()));
+        let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let spilled = rep["report"]["chunks_spilled"].as_u64().unwrap();
+        assert_eq!(spilled > 0, cap.is_some(), "run {run}: {spilled} chunks spilled");
         let _ = std::fs::remove_dir_all(&out);
+        let _ = std::fs::remove_file(&report);
     }
     assert!(hashes[0].iter().any(|(n, _)| n == "model.safetensors"));
     assert_eq!(hashes[0], hashes[1], "two runs differ");
-    assert_eq!(hashes[0], hashes[2], "1 thread and 2 threads differ");
+    assert_eq!(hashes[0], hashes[2], "1 thread with every activation chunk on disk and 2 threads in memory differ");
 }
 
 #[test]

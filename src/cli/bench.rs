@@ -177,6 +177,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             search_scale: false,
             batch_size: 1,
             n_grid: 20,
+            spill: Default::default(),
         };
         let out = std::env::temp_dir().join(format!("awqc-bench-{}", std::process::id()));
         let mut sink = Box::new(crate::formats::awq_gemm::AwqWriter::new(&out, true).with_tokenizer_from(&model));

@@ -66,6 +66,33 @@ pub struct Args {
     pub seed: u64,
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Cap on the calibration activations held in memory (e.g. 4G, 512M; binary units): chunks
+    /// beyond it are written to the job's state directory and read back when used. The output is
+    /// the same; only the time changes. Default: no cap.
+    #[arg(long, value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+}
+
+/// A byte count: a number with an optional K, M, G or T suffix (powers of 1024; "KiB", "GB" and
+/// the like are read the same way).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 4G, 512M, 1073741824)"))?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    let bytes = v * mult as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{s:?} is not a usable size"));
+    }
+    Ok(bytes as u64)
 }
 
 fn options(a: &Args) -> Result<QuantizeOptions> {
@@ -83,6 +110,7 @@ fn options(a: &Args) -> Result<QuantizeOptions> {
         search_scale: a.search_scale,
         batch_size: a.batch_size,
         n_grid: 20,
+        spill: Default::default(),
     })
 }
 
@@ -118,7 +146,7 @@ pub fn report_path(out: &Path) -> PathBuf {
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
-    let opts = options(&a)?;
+    let mut opts = options(&a)?;
     let kind = device::resolve(a.device)?;
     let model = crate::model::weights::resolve_model_path(&a.model)?;
     let src = HfSource::open(&model)?;
@@ -155,14 +183,40 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     };
     let sampling_s = t0.elapsed().as_secs_f64();
     let c = &src.config;
-    let act_bytes = blocks.len() * a.calib_seqlen * (3 * c.hidden_size + c.q_dim() + c.intermediate_size) * 4;
+    // The large buffers of one layer, per calibration token (f32): the residual stream, the q/k/v,
+    // o_proj, gate/up and down_proj inputs, and the search's full-precision block output.
+    let per_token = (4 * c.hidden_size + c.q_dim() + c.intermediate_size) * 4;
+    let act_bytes = blocks.len() * a.calib_seqlen * per_token;
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
     crate::progress::status(&format!(
         "awqc: {} layers, {} calibration blocks x {} tokens; per-layer activations {:.1} MiB",
         c.num_hidden_layers,
         blocks.len(),
         a.calib_seqlen,
-        act_bytes as f64 / (1 << 20) as f64
+        mib(act_bytes)
     ));
+    // --max-memory: how many chunks of each activation list may stay in memory. Two more chunks
+    // per list are read back at a time while it is used.
+    let chunk_bytes = a.batch_size.min(blocks.len().max(1)) * a.calib_seqlen * per_token;
+    let keep = match a.max_memory {
+        Some(cap) if !blocks.is_empty() && (cap as usize) < act_bytes => {
+            let fit = cap as usize / chunk_bytes;
+            if fit < 2 {
+                return Err(Error::usage(format!(
+                    "--max-memory {cap} bytes ({:.1} MiB): below two calibration chunks' activations ({:.1} MiB each at --batch-size {} x --calib-seqlen {}); raise it, or lower --batch-size or --calib-seqlen",
+                    cap as f64 / (1 << 20) as f64, mib(chunk_bytes), a.batch_size, a.calib_seqlen
+                )));
+            }
+            let n_chunks = blocks.len().div_ceil(a.batch_size);
+            let keep = fit - 2;
+            crate::progress::status(&format!(
+                "awqc: --max-memory {:.1} MiB: {keep} of {n_chunks} chunks per activation list in memory, the rest on disk",
+                cap as f64 / (1 << 20) as f64
+            ));
+            Some(keep)
+        }
+        _ => None,
+    };
 
     let mut sinks: Vec<Box<dyn QuantSink>> =
         vec![Box::new(crate::formats::awq_gemm::AwqWriter::new(&a.out, a.force).with_tokenizer_from(&model))];
@@ -182,6 +236,14 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
         }
         let (st, done) = JobState::open(&dir, &fp, a.force)?;
+        if let Some(keep) = keep {
+            // Spill files of a killed run are of no use: start the directory afresh.
+            let spill = st.dir().join("spill");
+            if spill.exists() {
+                std::fs::remove_dir_all(&spill).map_err(|e| Error::io(spill.display(), e))?;
+            }
+            opts.spill = crate::quant::chunks::SpillPolicy::spill_to(spill, keep)?;
+        }
         if done > 0 {
             crate::progress::status(&format!("awqc: resuming from layer {done} ({} finished layers in {})", done, dir.display()));
         }
@@ -201,7 +263,8 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         "model": model.display().to_string(), "out": a.out.display().to_string(),
         "turbomind_out": a.turbomind_out.as_ref().map(|p| p.display().to_string()),
         "options": opts, "w_bits": opts.params.bits, "w_group_size": opts.params.group,
-        "calib": {"dataset": a.calib_dataset, "samples": blocks.len(), "seqlen": a.calib_seqlen, "seed": a.seed, "sampling_seconds": sampling_s},
+        "calib": {"dataset": a.calib_dataset, "samples": blocks.len(), "seqlen": a.calib_seqlen, "seed": a.seed, "sampling_seconds": sampling_s,
+            "activation_bytes": act_bytes, "max_memory": a.max_memory, "chunks_in_memory": keep},
         "device": kind, "report": rep,
     });
     let rp = report_path(&a.out);
@@ -270,6 +333,7 @@ fn rtn_ppl<B: Backend>(dev: B::Device, src: &HfSource, bits: u32, group: usize, 
         search_scale: false,
         batch_size: 1,
         n_grid: 20,
+        spill: Default::default(),
     };
     let mut sink = crate::quant::qmodel::CollectSink::default();
     quantize::<B>(src, &[], &opts, &mut sink, &dev, None, |_| {})?;
@@ -277,4 +341,23 @@ fn rtn_ppl<B: Backend>(dev: B::Device, src: &HfSource, bits: u32, group: usize, 
     let m = crate::engine::llama::Llama::<B>::from_host(&qm.config, &qm.globals, |i| Ok(qm.dequantized_layer(i)), &dev)?;
     let w = crate::data::eval_text::windows(tokens, seqlen, windows);
     Ok(crate::engine::ppl::perplexity(&m, &w)?.ppl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_in_binary_units_and_bad_ones_are_refused() {
+        assert_eq!(parse_size("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("4gb"), Ok(4 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5K"), Ok(1536));
+        assert_eq!(parse_size(" 2T "), Ok(2 << 40));
+        for bad in ["", "G", "10X", "-1G", "0", "1e3", "1.2.3M", "99999999999999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

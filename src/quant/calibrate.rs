@@ -1,27 +1,30 @@
 //! The full-precision calibration chain: calibration token blocks are embedded and pushed through
 //! the decoder one layer at a time; for each layer we capture the input of every linear (one
 //! record per shared input: q/k/v share one, gate/up share one). Only the current layer's inputs
-//! and the residual stream are held in memory.
+//! and the residual stream are held, each as a [`Chunks`] list (in memory, or partly on disk under
+//! `--max-memory`).
 
 use crate::engine::llama::{causal_mask, download, upload, DecoderLayer, RopeTables};
 use crate::engine::rope::Rope;
 use crate::error::{Error, Result};
 use crate::model::arch::{GlobalWeights, LayerWeights, LinearKind, ScaleGroup};
 use crate::model::config::ModelConfig;
+use crate::quant::chunks::{Chunks, SpillPolicy};
 use crate::quant::stats::ChannelStats;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use rayon::prelude::*;
 
 /// The captured inputs of one layer, each as chunks of `[chunk_seqs, seqlen, K]`.
 pub struct LayerInputs<B: Backend> {
     /// q/k/v input (after the attention norm).
-    pub attn_in: Vec<Tensor<B, 3>>,
+    pub attn_in: Chunks<B>,
     /// o_proj input.
-    pub o_in: Vec<Tensor<B, 3>>,
+    pub o_in: Chunks<B>,
     /// gate/up input (after the MLP norm).
-    pub mlp_in: Vec<Tensor<B, 3>>,
+    pub mlp_in: Chunks<B>,
     /// down_proj input.
-    pub down_in: Vec<Tensor<B, 3>>,
+    pub down_in: Chunks<B>,
     /// Largest |activation| of each input above and of the layer output, named: what an fp16
     /// inference engine would have to represent (the f32 chain here cannot overflow).
     pub absmax: Vec<(&'static str, f32)>,
@@ -29,7 +32,7 @@ pub struct LayerInputs<B: Backend> {
 
 impl<B: Backend> LayerInputs<B> {
     /// The cached input of a scale group's consumers.
-    pub fn group(&self, g: ScaleGroup) -> &Vec<Tensor<B, 3>> {
+    pub fn group(&self, g: ScaleGroup) -> &Chunks<B> {
         match g {
             ScaleGroup::AttnIn => &self.attn_in,
             ScaleGroup::AttnOut => &self.o_in,
@@ -37,7 +40,7 @@ impl<B: Backend> LayerInputs<B> {
             ScaleGroup::MlpOut => &self.down_in,
         }
     }
-    pub fn group_mut(&mut self, g: ScaleGroup) -> &mut Vec<Tensor<B, 3>> {
+    pub fn group_mut(&mut self, g: ScaleGroup) -> &mut Chunks<B> {
         match g {
             ScaleGroup::AttnIn => &mut self.attn_in,
             ScaleGroup::AttnOut => &mut self.o_in,
@@ -46,7 +49,7 @@ impl<B: Backend> LayerInputs<B> {
         }
     }
     /// The cached input a given linear reads.
-    pub fn of(&self, k: LinearKind) -> &Vec<Tensor<B, 3>> {
+    pub fn of(&self, k: LinearKind) -> &Chunks<B> {
         match k {
             LinearKind::Q | LinearKind::K | LinearKind::V => &self.attn_in,
             LinearKind::O => &self.o_in,
@@ -56,30 +59,38 @@ impl<B: Backend> LayerInputs<B> {
     }
 }
 
-/// All chunks of an input flattened to a host `[T, K]` buffer (T in sequence order).
-pub fn to_host<B: Backend>(chunks: &[Tensor<B, 3>]) -> Vec<f32>
-{
-    let mut out = Vec::new();
-    for c in chunks {
-        out.extend(download(c.clone()));
+/// Per-channel statistics of a chunked input.
+pub fn stats_of<B: Backend>(chunks: &Chunks<B>) -> Result<ChannelStats> {
+    let mut s = ChannelStats::new(chunks.width());
+    for i in 0..chunks.len() {
+        s.update(&download(chunks.get(i)?));
     }
-    out
+    Ok(s)
 }
 
-/// Per-channel statistics of a chunked input.
-pub fn stats_of<B: Backend>(chunks: &[Tensor<B, 3>]) -> ChannelStats {
-    let k = chunks.first().map(|c| c.dims()[2]).unwrap_or(0);
-    let mut s = ChannelStats::new(k);
-    for c in chunks {
-        s.update(&download(c.clone()));
+/// Apply `f` to every chunk of `x`, a few chunks at a time (as many as there are threads, run
+/// concurrently: chunks are independent sequences), handing the results to `sink` in chunk order.
+/// At most one batch of chunks is read back from disk at once.
+pub fn map_chunks<B: Backend, T: Send>(
+    x: &Chunks<B>,
+    f: impl Fn(Tensor<B, 3>) -> T + Sync,
+    mut sink: impl FnMut(usize, T) -> Result<()>,
+) -> Result<()> {
+    let batch = rayon::current_num_threads().max(1);
+    for b0 in (0..x.len()).step_by(batch) {
+        let xs = x.get_range(b0..(b0 + batch).min(x.len()))?;
+        let outs: Vec<T> = xs.into_par_iter().map(&f).collect();
+        for (j, o) in outs.into_iter().enumerate() {
+            sink(b0 + j, o)?;
+        }
     }
-    s
+    Ok(())
 }
 
 /// The residual stream of the calibration set moving through the full-precision model.
 pub struct FpChain<B: Backend> {
     /// Hidden states entering the next layer, chunks of `[chunk_seqs, seqlen, H]`.
-    pub x: Vec<Tensor<B, 3>>,
+    pub x: Chunks<B>,
     pub rope: RopeTables<B>,
     pub mask: Tensor<B, 2>,
     pub seqlen: usize,
@@ -88,8 +99,9 @@ pub struct FpChain<B: Backend> {
 }
 
 impl<B: Backend> FpChain<B> {
-    /// Embed `blocks` (each exactly `seqlen` tokens) in chunks of `chunk_seqs` sequences.
-    pub fn new(c: &ModelConfig, g: &GlobalWeights, blocks: &[Vec<u32>], chunk_seqs: usize, dev: &B::Device) -> Result<Self> {
+    /// Embed `blocks` (each exactly `seqlen` tokens) in chunks of `chunk_seqs` sequences; every
+    /// activation list of the job is placed by `spill`.
+    pub fn new(c: &ModelConfig, g: &GlobalWeights, blocks: &[Vec<u32>], chunk_seqs: usize, spill: &SpillPolicy, dev: &B::Device) -> Result<Self> {
         let seqlen = blocks.first().map(|b| b.len()).ok_or_else(|| Error::usage("calibration set is empty"))?;
         if blocks.iter().any(|b| b.len() != seqlen) {
             return Err(Error::internal("calibration blocks have different lengths"));
@@ -99,12 +111,12 @@ impl<B: Backend> FpChain<B> {
         }
         let h = c.hidden_size;
         let embed: Tensor<B, 2> = upload(g.embed.data.clone(), [c.vocab_size, h], dev);
-        let mut x = Vec::new();
+        let mut x = Chunks::new(spill, dev);
         for chunk in blocks.chunks(chunk_seqs.max(1)) {
             let ids: Vec<i64> = chunk.iter().flatten().map(|&t| t as i64).collect();
             let n = chunk.len();
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n * seqlen]), dev);
-            x.push(embed.clone().select(0, idx).reshape([n, seqlen, h]));
+            x.push(embed.clone().select(0, idx).reshape([n, seqlen, h]))?;
         }
         let rope = RopeTables::new(&Rope::from_config(c), seqlen, 0, seqlen, dev);
         let mask = causal_mask::<B>(c.num_attention_heads / c.num_key_value_heads, seqlen, dev);
@@ -114,10 +126,11 @@ impl<B: Backend> FpChain<B> {
     /// Advance the stream through full-precision layer `w` without keeping any inputs (replaying a
     /// layer that an earlier run already finished).
     pub fn advance(&mut self, w: &LayerWeights) -> Result<()> {
-        use rayon::prelude::*;
         let layer = DecoderLayer::from_host(w, &self.config, &self.device);
         let (rope, mask) = (&self.rope, &self.mask);
-        self.x = self.x.par_drain(..).map(|x| layer.forward(x, rope, mask)).collect();
+        let mut next = self.x.like();
+        map_chunks(&self.x, |x| layer.forward(x, rope, mask), |_, o| next.push(o))?;
+        self.x = next;
         Ok(())
     }
 
@@ -125,42 +138,38 @@ impl<B: Backend> FpChain<B> {
     /// input, and advance the stream to the layer's output.
     pub fn step(&mut self, i: usize, w: &LayerWeights) -> Result<LayerInputs<B>> {
         let layer = DecoderLayer::from_host(w, &self.config, &self.device);
-        let mut ins = LayerInputs { attn_in: vec![], o_in: vec![], mlp_in: vec![], down_in: vec![], absmax: vec![] };
-        let mut next = Vec::with_capacity(self.x.len());
-        // Chunks are independent sequences: trace them concurrently, keep them in order.
-        let traces: Vec<_> = {
-            use rayon::prelude::*;
-            let (rope, mask) = (&self.rope, &self.mask);
-            self.x.par_drain(..).map(|x| layer.forward_trace(x, rope, mask)).collect()
+        let mut ins = LayerInputs {
+            attn_in: self.x.like(),
+            o_in: self.x.like(),
+            mlp_in: self.x.like(),
+            down_in: self.x.like(),
+            absmax: vec![],
         };
-        for t in traces {
-            ins.attn_in.push(t.attn_in);
-            ins.o_in.push(t.o_in);
-            ins.mlp_in.push(t.mlp_in);
-            ins.down_in.push(t.down_in);
-            next.push(t.out);
-        }
-        // Numerical guard: a non-finite activation would silently poison every later layer.
-        for (ci, o) in next.iter().enumerate() {
+        let mut next = self.x.like();
+        let absmax = |t: &Tensor<B, 3>| download(t.clone().abs().max()).first().copied().unwrap_or(0.0);
+        // |max| of attention input, o_proj input, MLP input, down_proj input, layer output.
+        let mut m = [0f32; 5];
+        let (rope, mask) = (&self.rope, &self.mask);
+        map_chunks(&self.x, |x| layer.forward_trace(x, rope, mask), |ci, t| {
+            // Numerical guard: a non-finite activation would silently poison every later layer.
             // NaN and inf propagate through the sum.
-            let total = download(o.clone().abs().sum());
+            let total = download(t.out.clone().abs().sum());
             if !total.first().map(|v| v.is_finite()).unwrap_or(false) {
                 return Err(Error::input(
                     format!("layer {i}"),
                     format!("non-finite activation in the layer output (calibration chunk {ci}); the weights or inputs overflow"),
                 ));
             }
-        }
-        let absmax = |ts: &[Tensor<B, 3>]| {
-            ts.iter().map(|t| download(t.clone().abs().max()).first().copied().unwrap_or(0.0)).fold(0f32, f32::max)
-        };
-        ins.absmax = vec![
-            ("attention input", absmax(&ins.attn_in)),
-            ("o_proj input", absmax(&ins.o_in)),
-            ("MLP input", absmax(&ins.mlp_in)),
-            ("down_proj input", absmax(&ins.down_in)),
-            ("layer output", absmax(&next)),
-        ];
+            for (mi, x) in m.iter_mut().zip([&t.attn_in, &t.o_in, &t.mlp_in, &t.down_in, &t.out]) {
+                *mi = mi.max(absmax(x));
+            }
+            ins.attn_in.push(t.attn_in)?;
+            ins.o_in.push(t.o_in)?;
+            ins.mlp_in.push(t.mlp_in)?;
+            ins.down_in.push(t.down_in)?;
+            next.push(t.out)
+        })?;
+        ins.absmax = ["attention input", "o_proj input", "MLP input", "down_proj input", "layer output"].into_iter().zip(m).collect();
         self.x = next;
         Ok(ins)
     }
@@ -183,7 +192,7 @@ pub fn collect_stats<B: Backend>(
 ) -> Result<Vec<InputStats>> {
     let c = src.config().clone();
     let g = src.globals()?;
-    let mut chain = FpChain::<B>::new(&c, &g, blocks, chunk_seqs, dev)?;
+    let mut chain = FpChain::<B>::new(&c, &g, blocks, chunk_seqs, &SpillPolicy::in_memory(), dev)?;
     drop(g);
     let mut out = Vec::new();
     for i in 0..c.num_hidden_layers {
@@ -193,7 +202,7 @@ pub fn collect_stats<B: Backend>(
             let modules = grp.consumers().iter().map(|&k| crate::model::arch::linear_module(c.arch, i, k)).collect::<Vec<_>>();
             let mut modules = modules;
             modules.dedup();
-            out.push(InputStats { modules, stats: stats_of(ins.group(grp)) });
+            out.push(InputStats { modules, stats: stats_of(ins.group(grp))? });
         }
         on_layer(i);
     }

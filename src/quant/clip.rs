@@ -4,6 +4,8 @@
 //! quantization. q/k projections are not clipped (the QK product makes the error measure poor).
 
 use crate::engine::llama::{download, upload};
+use crate::error::Result;
+use crate::quant::chunks::Chunks;
 use crate::quant::int4::{fake_quantize_group, QuantParams};
 use rayon::prelude::*;
 use crate::tensor::HostTensor;
@@ -27,16 +29,29 @@ pub struct ClipResult {
     pub seconds: f64,
 }
 
-/// Every `step`-th token of a `[T, K]` input, `step = max(1, T / 512)` (AutoAWQ's subsampling).
-pub fn subsample_tokens(x: &[f32], k: usize) -> (Vec<f32>, usize) {
-    let t = x.len() / k;
+/// Every `step`-th token of a chunked `[T, K]` input (tokens in sequence order across chunks),
+/// `step = max(1, T / 512)` (AutoAWQ's subsampling). Returns the `[T', K]` rows and T'. Only one
+/// chunk is on the host at a time.
+pub fn subsample_tokens<B: Backend>(x: &Chunks<B>) -> Result<(Vec<f32>, usize)> {
+    let (t, k) = (x.tokens(), x.width());
     let step = (t / N_SAMPLE_TOKENS).max(1);
-    let rows: Vec<usize> = (0..t).step_by(step).collect();
-    let mut out = Vec::with_capacity(rows.len() * k);
-    for r in &rows {
-        out.extend_from_slice(&x[r * k..(r + 1) * k]);
+    let mut out = Vec::with_capacity(t.div_ceil(step) * k);
+    let mut start = 0usize; // first token of the current chunk
+    for i in 0..x.len() {
+        let [b, s, _] = x.dims(i);
+        let n = b * s;
+        // The first sampled token at or after `start`.
+        let first = start.div_ceil(step) * step;
+        if first < start + n {
+            let c = download(x.get(i)?);
+            for r in (first..start + n).step_by(step) {
+                out.extend_from_slice(&c[(r - start) * k..(r - start + 1) * k]);
+            }
+        }
+        start += n;
     }
-    (out, rows.len())
+    let rows = out.len() / k.max(1);
+    Ok((out, rows))
 }
 
 /// Clamp each (row, group) of `w` (`[N, K]`) to `[-m, m]` with its threshold `m` from `max_val`
@@ -138,4 +153,33 @@ pub fn clip_linear<B: Backend>(
         seconds: start.elapsed().as_secs_f64(),
     };
     (r, best_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    type B = crate::engine::device::CpuBackend;
+
+    #[test]
+    fn subsampling_across_chunks_picks_every_step_th_token_of_the_whole_input() {
+        let dev = Default::default();
+        let k = 3;
+        // 1100 tokens in uneven chunks: step = 1100 / 512 = 2, so tokens 0, 2, ..., 1098.
+        for sizes in [vec![1100], vec![1, 2, 3, 600, 494], vec![7; 157].into_iter().chain([1]).collect::<Vec<_>>()] {
+            let t: usize = sizes.iter().sum();
+            let all: Vec<f32> = (0..t * k).map(|v| v as f32).collect();
+            let mut at = 0;
+            let chunks = sizes.iter().map(|&n| {
+                let c = upload(all[at * k..(at + n) * k].to_vec(), [1, n, k], &dev);
+                at += n;
+                c
+            });
+            let x = Chunks::<B>::resident(chunks.collect(), &dev);
+            let (got, rows) = subsample_tokens(&x).unwrap();
+            let step = (t / N_SAMPLE_TOKENS).max(1);
+            let want: Vec<f32> = (0..t).step_by(step).flat_map(|r| all[r * k..(r + 1) * k].to_vec()).collect();
+            assert_eq!(rows, want.len() / k, "chunk sizes {:?}", &sizes[..sizes.len().min(4)]);
+            assert_eq!(got, want);
+        }
+    }
 }

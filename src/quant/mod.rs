@@ -3,6 +3,8 @@
 #[cfg(feature = "engine")]
 pub mod calibrate;
 #[cfg(feature = "engine")]
+pub mod chunks;
+#[cfg(feature = "engine")]
 pub mod clip;
 pub mod fold;
 pub mod int4;

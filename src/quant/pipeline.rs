@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::model::arch::{self, GlobalWeights, LayerWeights, LinearKind, ScaleGroup};
 use crate::model::config::ModelConfig;
 use crate::model::weights::SafetensorsRepo;
-use crate::quant::calibrate::{stats_of, to_host, FpChain, LayerInputs};
+use crate::quant::calibrate::{stats_of, FpChain, LayerInputs};
+use crate::quant::chunks::{Chunks, SpillPolicy};
 use crate::quant::clip::{apply_clip, clip_linear, subsample_tokens, ClipResult};
 use crate::quant::resume::{JobState, LayerResult};
 use crate::quant::fold::{fold_group, normalize_scales, zero_norm_channels};
@@ -110,6 +111,9 @@ pub struct QuantizeOptions {
     /// `--batch-size` chunking for `--search-scale`).
     pub batch_size: usize,
     pub n_grid: usize,
+    /// Where the calibration activations live (`--max-memory`); never changes the output.
+    #[serde(skip)]
+    pub spill: SpillPolicy,
 }
 
 /// What happened in one layer.
@@ -148,6 +152,8 @@ pub struct QuantReport {
     pub calib_tokens: usize,
     /// Floating-point operations of the search and clip forward passes (for GFLOP/s).
     pub search_flops: f64,
+    /// Activation chunks written to disk under `--max-memory` (0: everything stayed in memory).
+    pub chunks_spilled: usize,
 }
 
 fn check_finite(i: usize, w: &LayerWeights, c: &ModelConfig) -> Result<()> {
@@ -297,12 +303,14 @@ fn lmdeploy_scales(act: &[f64], consumers: &[&crate::tensor::HostTensor], group:
 }
 
 /// Divide cached input chunks by `s` (per channel), as the scaled model will see them.
-fn scale_inputs<B: Backend>(chunks: &mut [Tensor<B, 3>], s: &[f64], dev: &B::Device) {
+fn scale_inputs<B: Backend>(chunks: &mut Chunks<B>, s: &[f64], dev: &B::Device) -> Result<()> {
     let k = s.len();
     let inv: Tensor<B, 3> = upload(s.iter().map(|&v| v as f32).collect(), [1, 1, k], dev);
-    for c in chunks.iter_mut() {
-        *c = c.clone() / inv.clone();
+    for i in 0..chunks.len() {
+        let c = chunks.get(i)?;
+        chunks.set(i, c / inv.clone())?;
     }
+    Ok(())
 }
 
 /// Run the whole job. `blocks` are the calibration token blocks (empty = RTN).
@@ -331,7 +339,7 @@ pub fn quantize<B: Backend>(
         None
     } else {
         let t0 = Instant::now();
-        let ch = FpChain::<B>::new(&c, &globals, blocks, opts.batch_size, dev)?;
+        let ch = FpChain::<B>::new(&c, &globals, blocks, opts.batch_size, &opts.spill, dev)?;
         rep.timings.calibration += t0.elapsed().as_secs_f64();
         Some(ch)
     };
@@ -387,7 +395,7 @@ pub fn quantize<B: Backend>(
                     g.consumers().iter().map(|&k| (k, w.linear(k))).collect();
                 let fixed = zero_norm_channels(&w, g);
                 let x = ins.group(g);
-                let stats = stats_of(x);
+                let stats = stats_of(x)?;
                 if let Some((ch, v)) = stats.first_non_finite() {
                     return Err(Error::input(format!("layer {i}"), format!("non-finite activation statistic {v} in channel {ch} of the {} input", g.name())));
                 }
@@ -395,7 +403,7 @@ pub fn quantize<B: Backend>(
                     Mode::Awq => {
                         let block = inspector(g, &w, &c, chain);
                         let first = first_guess(rep.layers.last(), g, opts.n_grid);
-                        let gs = search_group(g, &consumers, &block, x, &stats.absmean(), fixed.as_deref(), p, opts.duo_scaling, opts.n_grid, first, dev);
+                        let gs = search_group(g, &consumers, &block, x, &stats.absmean(), fixed.as_deref(), p, opts.duo_scaling, opts.n_grid, first, dev)?;
                         rep.search_flops += search_flops(g, &c, tokens, seqlen, gs.grid_work);
                         if !gs.loss_best.is_finite() {
                             return Err(Error::input(format!("layer {i}"), format!("scale search for {} found no finite loss (NaN/inf in the block output)", g.name())));
@@ -412,10 +420,10 @@ pub fn quantize<B: Backend>(
                             let mut ratio_sum = 0.0;
                             let mut work = 0.0;
                             let mut n = 0usize;
-                            for xc in x.iter() {
-                                let xs = std::slice::from_ref(xc);
-                                let st = stats_of(xs);
-                                let gs = search_group(g, &consumers, &block, xs, &st.absmean(), fixed.as_deref(), p, true, opts.n_grid, opts.n_grid / 2, dev);
+                            for ci in 0..x.len() {
+                                let xs = Chunks::resident(vec![x.get(ci)?], dev);
+                                let st = stats_of(&xs)?;
+                                let gs = search_group(g, &consumers, &block, &xs, &st.absmean(), fixed.as_deref(), p, true, opts.n_grid, opts.n_grid / 2, dev)?;
                                 ratio_sum += gs.alpha;
                                 work += gs.grid_work;
                                 n += 1;
@@ -440,7 +448,7 @@ pub fn quantize<B: Backend>(
             // 3. fold, and make the cached inputs what the scaled linears will see.
             for (g, s) in &scales {
                 fold_group(&mut w, *g, s);
-                scale_inputs(ins.group_mut(*g), s, dev);
+                scale_inputs(ins.group_mut(*g), s, dev)?;
             }
             rep.timings.search += t0.elapsed().as_secs_f64();
 
@@ -449,10 +457,8 @@ pub fn quantize<B: Backend>(
             if opts.mode == Mode::Awq && opts.clip {
                 let t0 = Instant::now();
                 for k in [LinearKind::V, LinearKind::O, LinearKind::Gate, LinearKind::Up, LinearKind::Down] {
-                    let x = to_host(ins.of(k));
                     let kk = w.linear(k).w.dims2().1;
-                    let (xs, t) = subsample_tokens(&x, kk);
-                    drop(x);
+                    let (xs, t) = subsample_tokens(ins.of(k))?;
                     let (n, _) = w.linear(k).w.dims2();
                     rep.search_flops += 2.0 * (crate::quant::clip::MAX_SHRINK * crate::quant::clip::N_GRID as f64 + 1.0) * (t * kk * n) as f64;
                     let (r, thresholds) = clip_linear::<B>(k.short(), &mut w.linear_mut(k).w, &xs, t, p, dev);
@@ -488,5 +494,6 @@ pub fn quantize<B: Backend>(
             )));
         }
     }
+    rep.chunks_spilled = opts.spill.chunks_written();
     Ok(rep)
 }

@@ -57,6 +57,11 @@ fn linear_by_name(n: &str) -> Option<LinearKind> {
 }
 
 impl JobState {
+    /// The state directory of this job.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The state directory used for output `out`.
     pub fn dir_for(out: &Path) -> PathBuf {
         let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());

@@ -6,6 +6,9 @@
 
 use crate::engine::llama::{download, Attention, LinearB, Mlp, RopeTables};
 use crate::model::arch::{Linear, LinearKind, ScaleGroup};
+use crate::error::{Error, Result};
+use crate::quant::calibrate::map_chunks;
+use crate::quant::chunks::Chunks;
 use crate::quant::fold::normalize_scales;
 use crate::quant::int4::{fake_quantize_row, QuantParams};
 use crate::tensor::HostTensor;
@@ -164,9 +167,10 @@ pub fn grid_order(n_grid: usize, first: usize) -> Vec<usize> {
 /// `Σ_chunks XᵀX` (`[K, K]`) of a chunked input: with it, the output MSE of a single linear is a
 /// quadratic form in the weight error, `mean((X ΔWᵀ)²) = Σ_n Δw_n (XᵀX) Δw_nᵀ / (T·N)`, which
 /// costs `N·K²` per grid point instead of `T·N·K`.
-pub fn gram<B: Backend>(x: &[Tensor<B, 3>]) -> Tensor<B, 2> {
+pub fn gram<B: Backend>(x: &Chunks<B>) -> Result<Tensor<B, 2>> {
     let mut g: Option<Tensor<B, 2>> = None;
-    for xc in x {
+    for i in 0..x.len() {
+        let xc = x.get(i)?;
         let [b, t, k] = xc.dims();
         let m = xc.clone().reshape([b * t, k]);
         let p = m.clone().transpose().matmul(m);
@@ -175,7 +179,7 @@ pub fn gram<B: Backend>(x: &[Tensor<B, 3>]) -> Tensor<B, 2> {
             None => p,
         });
     }
-    g.expect("at least one chunk")
+    g.ok_or_else(|| Error::internal("Gram matrix of an empty calibration input"))
 }
 
 /// Loss of a single-linear block from the Gram matrix: `Σ_n Δw_n G Δw_nᵀ / (T·N)`.
@@ -202,7 +206,7 @@ pub fn search_group<B: Backend>(
     group: ScaleGroup,
     consumers: &[(LinearKind, &Linear)],
     block: &Inspect<B>,
-    x: &[Tensor<B, 3>],
+    x: &Chunks<B>,
     x_mean: &[f64],
     fixed: Option<&[bool]>,
     p: QuantParams,
@@ -210,25 +214,28 @@ pub fn search_group<B: Backend>(
     n_grid: usize,
     first: usize,
     dev: &B::Device,
-) -> GroupSearch {
+) -> Result<GroupSearch> {
     let start = std::time::Instant::now();
     let weights: Vec<&HostTensor> = consumers.iter().map(|(_, l)| &l.w).collect();
     let wm = duo.then(|| w_mean(&weights, p.group));
-    let tokens: usize = x.iter().map(|c| c.dims()[0] * c.dims()[1]).sum();
+    let tokens = x.tokens();
     // `eval(s, bound)`: the loss of scales `s`, abandoned once it provably exceeds `bound`.
-    let eval: Box<dyn Fn(&[f64], f64) -> Trial> = match block {
+    let eval: Box<dyn Fn(&[f64], f64) -> Result<Trial>> = match block {
         // The closed form costs N·K² per point against T·N·K for the direct product: it pays
         // when there are at least as many tokens as input channels (SmolLM2's down_proj, K = 1536,
         // from 2 x 512 tokens on); a 13B down_proj (K = 13824) on a few hundred tokens goes direct.
         Inspect::Linear(_) if consumers.len() == 1 && tokens >= consumers[0].1.w.dims2().1 => {
             // Closed form, one cheap product: nothing to abandon.
-            let g = gram(x);
+            let g = gram(x)?;
             let w = consumers[0].1.w.clone();
-            Box::new(move |s: &[f64], _| Trial { loss: Some(gram_loss(&g, &w, &scaled_fake_quant(&w, s, p), tokens, dev)), work: 1.0 })
+            Box::new(move |s: &[f64], _| Ok(Trial { loss: Some(gram_loss(&g, &w, &scaled_fake_quant(&w, s, p), tokens, dev)), work: 1.0 }))
         }
         _ => {
-            let org: Vec<Tensor<B, 3>> = x.par_iter().map(|xc| block.forward(xc.clone())).collect();
-            let numel = org.iter().map(|o| o.shape().num_elements()).sum::<usize>() as f64;
+            // The full-precision block output, under the same memory policy as the inputs.
+            let mut org = x.like();
+            map_chunks(x, |xc| block.forward(xc), |_, o| org.push(o))?;
+            let numel = (0..org.len()).map(|i| org.dims(i).iter().product::<usize>()).sum::<usize>() as f64;
+            let n = x.len();
             Box::new(move |s: &[f64], bound: f64| {
                 let trial: Vec<(LinearKind, LinearB<B>)> = consumers
                     .iter()
@@ -239,27 +246,27 @@ pub fn search_group<B: Backend>(
                     .collect();
                 let b = block.with(&trial);
                 let mut total = 0f64;
-                let mut done = 0usize;
-                for (xs, os) in x.chunks(PRUNE_BATCH).zip(org.chunks(PRUNE_BATCH)) {
+                for b0 in (0..n).step_by(PRUNE_BATCH) {
+                    let end = (b0 + PRUNE_BATCH).min(n);
+                    let (xs, os) = (x.get_range(b0..end)?, org.get_range(b0..end)?);
                     // The chunks of a batch run concurrently (two small matmuls in parallel use the
                     // cores better than one split across them: measured 1.3-1.5x on 2 cores); their
                     // sums are added in chunk order, so nothing depends on scheduling.
-                    let parts: Vec<f64> = xs.par_iter().zip(os.par_iter()).map(|(xc, oc)| sq_err_sum(b.forward(xc.clone()), oc.clone())).collect();
+                    let parts: Vec<f64> = xs.into_par_iter().zip(os.into_par_iter()).map(|(xc, oc)| sq_err_sum(b.forward(xc), oc)).collect();
                     for v in parts {
                         total += v;
                     }
-                    done += xs.len();
                     // Dividing by the same positive count keeps the order: full >= partial > bound.
-                    if done < x.len() && total / numel > bound {
-                        return Trial { loss: None, work: done as f64 / x.len() as f64 };
+                    if end < n && total / numel > bound {
+                        return Ok(Trial { loss: None, work: end as f64 / n as f64 });
                     }
                 }
-                Trial { loss: Some(total / numel), work: 1.0 }
+                Ok(Trial { loss: Some(total / numel), work: 1.0 })
             })
         }
     };
     let ones = vec![1.0; x_mean.len()];
-    let loss_rtn = eval(&ones, f64::INFINITY).loss.unwrap_or(f64::NAN);
+    let loss_rtn = eval(&ones, f64::INFINITY)?.loss.unwrap_or(f64::NAN);
     let mut losses = vec![None; n_grid];
     let mut grid_work = 0.0;
     // (loss, grid index, scales) of the best complete point.
@@ -267,7 +274,7 @@ pub fn search_group<B: Backend>(
     for i in grid_order(n_grid, first) {
         let mut s = raw_scales(x_mean, wm.as_deref(), i as f64 / n_grid as f64);
         normalize_scales(&mut s, fixed);
-        let t = eval(&s, best.0);
+        let t = eval(&s, best.0)?;
         grid_work += t.work;
         losses[i] = t.loss;
         if let Some(loss) = t.loss {
@@ -277,7 +284,7 @@ pub fn search_group<B: Backend>(
             }
         }
     }
-    GroupSearch {
+    Ok(GroupSearch {
         group: group.name().to_string(),
         alpha: best.1 as f64 / n_grid as f64,
         loss_rtn,
@@ -286,5 +293,5 @@ pub fn search_group<B: Backend>(
         grid_work,
         scales: best.2,
         seconds: start.elapsed().as_secs_f64(),
-    }
+    })
 }
