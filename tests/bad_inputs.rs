@@ -852,7 +852,7 @@ fn quantize_flags_and_outputs_are_checked_before_any_work() {
     );
     // --max-memory: a size clap can parse, and at least two calibration chunks' worth.
     let mm = |out: &Path, cap: &str| {
-        args(&[&"quantize", &"--model", &b.hf, &"--out", &out, &"--calib-samples", &"4", &"--calib-seqlen", &"64", &"--max-memory", &cap])
+        args(&[&"quantize", &"--model", &b.hf, &"--out", &out, &"--calib-samples", &"4", &"--calib-seqlen", &"64", &"--w-group-size", &"64", &"--max-memory", &cap])
     };
     r.refused("--max-memory with an unknown unit", mm(&dir.join("mm1"), "10X"), USAGE, &["--max-memory", "unknown unit \"X\""], &dir);
     r.refused(
