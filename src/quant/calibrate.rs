@@ -25,6 +25,9 @@ pub struct LayerInputs<B: Backend> {
     pub mlp_in: Chunks<B>,
     /// down_proj input.
     pub down_in: Chunks<B>,
+    /// Per-channel statistics of the four inputs above (in that order), gathered while each
+    /// chunk was in memory (so a spilled input is not read back just for them).
+    pub stats: [ChannelStats; 4],
     /// Largest |activation| of each input above and of the layer output, named: what an fp16
     /// inference engine would have to represent (the f32 chain here cannot overflow).
     pub absmax: Vec<(&'static str, f32)>,
@@ -46,6 +49,15 @@ impl<B: Backend> LayerInputs<B> {
             ScaleGroup::AttnOut => &mut self.o_in,
             ScaleGroup::MlpIn => &mut self.mlp_in,
             ScaleGroup::MlpOut => &mut self.down_in,
+        }
+    }
+    /// Statistics of a scale group's input (before any scaling).
+    pub fn stats(&self, g: ScaleGroup) -> &ChannelStats {
+        match g {
+            ScaleGroup::AttnIn => &self.stats[0],
+            ScaleGroup::AttnOut => &self.stats[1],
+            ScaleGroup::MlpIn => &self.stats[2],
+            ScaleGroup::MlpOut => &self.stats[3],
         }
     }
     /// The cached input a given linear reads.
@@ -143,12 +155,11 @@ impl<B: Backend> FpChain<B> {
             o_in: self.x.like(),
             mlp_in: self.x.like(),
             down_in: self.x.like(),
+            stats: [self.config.hidden_size, self.config.q_dim(), self.config.hidden_size, self.config.intermediate_size].map(ChannelStats::new),
             absmax: vec![],
         };
         let mut next = self.x.like();
-        let absmax = |t: &Tensor<B, 3>| download(t.clone().abs().max()).first().copied().unwrap_or(0.0);
-        // |max| of attention input, o_proj input, MLP input, down_proj input, layer output.
-        let mut m = [0f32; 5];
+        let mut out_absmax = 0f32;
         let (rope, mask) = (&self.rope, &self.mask);
         map_chunks(&self.x, |x| layer.forward_trace(x, rope, mask), |ci, t| {
             // Numerical guard: a non-finite activation would silently poison every later layer.
@@ -160,16 +171,24 @@ impl<B: Backend> FpChain<B> {
                     format!("non-finite activation in the layer output (calibration chunk {ci}); the weights or inputs overflow"),
                 ));
             }
-            for (mi, x) in m.iter_mut().zip([&t.attn_in, &t.o_in, &t.mlp_in, &t.down_in, &t.out]) {
-                *mi = mi.max(absmax(x));
+            for (st, x) in ins.stats.iter_mut().zip([&t.attn_in, &t.o_in, &t.mlp_in, &t.down_in]) {
+                st.update(&download(x.clone()));
             }
+            out_absmax = out_absmax.max(download(t.out.clone().abs().max()).first().copied().unwrap_or(0.0));
             ins.attn_in.push(t.attn_in)?;
             ins.o_in.push(t.o_in)?;
             ins.mlp_in.push(t.mlp_in)?;
             ins.down_in.push(t.down_in)?;
             next.push(t.out)
         })?;
-        ins.absmax = ["attention input", "o_proj input", "MLP input", "down_proj input", "layer output"].into_iter().zip(m).collect();
+        let input_absmax = |st: &ChannelStats| st.absmax.iter().fold(0f64, |a, &b| a.max(b)) as f32;
+        ins.absmax = vec![
+            ("attention input", input_absmax(&ins.stats[0])),
+            ("o_proj input", input_absmax(&ins.stats[1])),
+            ("MLP input", input_absmax(&ins.stats[2])),
+            ("down_proj input", input_absmax(&ins.stats[3])),
+            ("layer output", out_absmax),
+        ];
         self.x = next;
         Ok(ins)
     }
@@ -202,7 +221,7 @@ pub fn collect_stats<B: Backend>(
             let modules = grp.consumers().iter().map(|&k| crate::model::arch::linear_module(c.arch, i, k)).collect::<Vec<_>>();
             let mut modules = modules;
             modules.dedup();
-            out.push(InputStats { modules, stats: stats_of(ins.group(grp))? });
+            out.push(InputStats { modules, stats: ins.stats(grp).clone() });
         }
         on_layer(i);
     }

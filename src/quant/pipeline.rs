@@ -395,7 +395,7 @@ pub fn quantize<B: Backend>(
                     g.consumers().iter().map(|&k| (k, w.linear(k))).collect();
                 let fixed = zero_norm_channels(&w, g);
                 let x = ins.group(g);
-                let stats = stats_of(x)?;
+                let stats = ins.stats(g);
                 if let Some((ch, v)) = stats.first_non_finite() {
                     return Err(Error::input(format!("layer {i}"), format!("non-finite activation statistic {v} in channel {ch} of the {} input", g.name())));
                 }
