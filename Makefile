@@ -8,7 +8,7 @@ SMOL    := fixtures/smollm2-hf
 QWEN_GGUF := fixtures/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 QWEN    := fixtures/qwen2.5-coder-0.5b-hf
 
-.PHONY: all build fixtures fixtures-qwen calib-data demo test bench goldens fuzz fuzz-check turbomind-qwen gpu-bundle gpu-check-local clean
+.PHONY: all build fixtures fixtures-qwen calib-data demo test bench bench-13b goldens fuzz fuzz-check turbomind-qwen gpu-bundle gpu-check-local clean
 
 all: build
 
@@ -37,6 +37,12 @@ test: fixtures
 
 bench: fixtures
 	$(AWQC) bench --model $(SMOL)
+
+# Models larger than RAM (BENCHMARKS.md): a random 13B-shaped model (26 GB of f16 under out/),
+# quantized on 512 calibration tokens; about 1.5 h on 2 cores and 35 GB of disk.
+bench-13b: fixtures
+	@test -f out/llama13b/config.json || $(AWQC) synth --shape 13b --out out/llama13b
+	/usr/bin/time -v $(AWQC) quantize --model out/llama13b --out out/llama13b-awq --calib-samples 1 --calib-seqlen 512 --force
 
 # Recompute goldens/smollm2-135m.json (GOLDENS="fp rtn-g64 ..." picks entries; the *-c128 ones take ~35 min each).
 goldens: fixtures
