@@ -9,7 +9,7 @@ use crate::engine::rope::Rope;
 use crate::error::{Error, Result};
 use crate::model::arch::{GlobalWeights, LayerWeights, LinearKind, ScaleGroup};
 use crate::model::config::ModelConfig;
-use crate::quant::chunks::{Chunks, SpillPolicy};
+use crate::quant::chunks::{Chunks, SpillPolicy, READ_BATCH};
 use crate::quant::stats::ChannelStats;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -80,15 +80,15 @@ pub fn stats_of<B: Backend>(chunks: &Chunks<B>) -> Result<ChannelStats> {
     Ok(s)
 }
 
-/// Apply `f` to every chunk of `x`, a few chunks at a time (as many as there are threads, run
-/// concurrently: chunks are independent sequences), handing the results to `sink` in chunk order.
-/// At most one batch of chunks is read back from disk at once.
+/// Apply `f` to every chunk of `x`, [`READ_BATCH`] chunks at a time (run concurrently: chunks are
+/// independent sequences, and each forward is itself parallel), handing the results to `sink` in
+/// chunk order. At most one batch of chunks is read back from disk at once, whatever the machine.
 pub fn map_chunks<B: Backend, T: Send>(
     x: &Chunks<B>,
     f: impl Fn(Tensor<B, 3>) -> T + Sync,
     mut sink: impl FnMut(usize, T) -> Result<()>,
 ) -> Result<()> {
-    let batch = rayon::current_num_threads().max(1);
+    let batch = READ_BATCH;
     for b0 in (0..x.len()).step_by(batch) {
         let xs = x.get_range(b0..(b0 + batch).min(x.len()))?;
         let outs: Vec<T> = xs.into_par_iter().map(&f).collect();

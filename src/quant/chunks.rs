@@ -15,6 +15,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Chunks of one list read back (and processed concurrently) at a time by the calibration chain
+/// and the search; `--max-memory` reserves room for this many per list.
+pub const READ_BATCH: usize = 2;
+
 /// Where chunks go: how many of each list stay in memory, and the directory for the rest.
 #[derive(Debug, Clone)]
 pub struct SpillPolicy {

@@ -145,9 +145,10 @@ pub struct GroupSearch {
     pub seconds: f64,
 }
 
-/// Calibration chunks evaluated together (in parallel) between two pruning checks. Fixed, not
-/// the thread count, so that which points are abandoned does not depend on the machine.
-const PRUNE_BATCH: usize = 2;
+/// Calibration chunks evaluated together (in parallel) between two pruning checks: the chunks
+/// read back at a time. Fixed, not the thread count, so that which points are abandoned does not
+/// depend on the machine.
+const PRUNE_BATCH: usize = crate::quant::chunks::READ_BATCH;
 
 /// One grid point's evaluation: the full loss, or `None` when it was abandoned, and the fraction
 /// of the calibration chunks it ran on.
