@@ -149,17 +149,22 @@ fn grid_order_starts_with_the_guess_and_visits_every_point_once() {
     assert_eq!(grid_order(0, 0), Vec::<usize>::new());
 }
 
-fn run(src: &MemSource, blocks: &[Vec<u32>], mode: Mode, clip: bool) -> QuantizedModel {
-    let opts = QuantizeOptions {
+/// Options of the pipeline tests: group 32, duo scaling, 20 grid points, activations in memory.
+fn options(mode: Mode, clip: bool, batch_size: usize) -> QuantizeOptions {
+    QuantizeOptions {
         mode,
         params: QuantParams::new(4, 32).unwrap(),
         duo_scaling: true,
         clip,
         search_scale: false,
-        batch_size: 2,
+        batch_size,
         n_grid: 20,
         spill: Default::default(),
-    };
+    }
+}
+
+fn run(src: &MemSource, blocks: &[Vec<u32>], mode: Mode, clip: bool) -> QuantizedModel {
+    let opts = options(mode, clip, 2);
     let mut sink = CollectSink::default();
     quantize::<B>(src, blocks, &opts, &mut sink, &Default::default(), None, |_| {}).unwrap();
     sink.model.unwrap()
@@ -230,16 +235,7 @@ fn activations_beyond_fp16_are_reported_by_layer() {
     let mut src = MemSource { globals: synth::globals(&c, 3), layers: (0..2).map(|i| synth::layer(&c, 3, i)).collect(), config: c.clone() };
     let mut r = SplitMix(17);
     let blocks: Vec<Vec<u32>> = (0..2).map(|_| (0..32).map(|_| (r.next_u64() % 64) as u32).collect()).collect();
-    let opts = QuantizeOptions {
-        mode: Mode::Awq,
-        params: QuantParams::new(4, 32).unwrap(),
-        duo_scaling: true,
-        clip: false,
-        search_scale: false,
-        batch_size: 1,
-        n_grid: 20,
-        spill: Default::default(),
-    };
+    let opts = options(Mode::Awq, false, 1);
     let report = |src: &MemSource| {
         let mut sink = CollectSink::default();
         quantize::<B>(src, &blocks, &opts, &mut sink, &Default::default(), None, |_| {}).unwrap()
@@ -274,16 +270,7 @@ fn activations_spilled_to_disk_give_the_same_model() {
     let mut r = SplitMix(23);
     let blocks: Vec<Vec<u32>> = (0..5).map(|_| (0..32).map(|_| (r.next_u64() % 64) as u32).collect()).collect();
     let run_with = |spill: SpillPolicy| {
-        let opts = QuantizeOptions {
-            mode: Mode::Awq,
-            params: QuantParams::new(4, 32).unwrap(),
-            duo_scaling: true,
-            clip: true,
-            search_scale: false,
-            batch_size: 1,
-            n_grid: 20,
-            spill,
-        };
+        let opts = QuantizeOptions { spill, ..options(Mode::Awq, true, 1) };
         let mut sink = CollectSink::default();
         let rep = quantize::<B>(&src, &blocks, &opts, &mut sink, &Default::default(), None, |_| {}).unwrap();
         (sink.model.unwrap(), rep)

@@ -7,10 +7,10 @@ use crate::engine::llama::{download, upload};
 use crate::error::Result;
 use crate::quant::chunks::Chunks;
 use crate::quant::int4::{fake_quantize_group, QuantParams};
-use rayon::prelude::*;
 use crate::tensor::HostTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use rayon::prelude::*;
 use serde::Serialize;
 
 pub const N_GRID: usize = 20;
