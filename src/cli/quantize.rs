@@ -204,14 +204,14 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             if fit < crate::quant::chunks::READ_BATCH {
                 return Err(Error::usage(format!(
                     "--max-memory {cap} bytes ({:.1} MiB): below two calibration chunks' activations ({:.1} MiB each at --batch-size {} x --calib-seqlen {}); raise it, or lower --batch-size or --calib-seqlen",
-                    cap as f64 / (1 << 20) as f64, mib(chunk_bytes), a.batch_size, a.calib_seqlen
+                    mib(cap as usize), mib(chunk_bytes), a.batch_size, a.calib_seqlen
                 )));
             }
             let n_chunks = blocks.len().div_ceil(a.batch_size);
             let keep = fit - crate::quant::chunks::READ_BATCH;
             crate::progress::status(&format!(
                 "awqc: --max-memory {:.1} MiB: {keep} of {n_chunks} chunks per activation list in memory, the rest on disk",
-                cap as f64 / (1 << 20) as f64
+                mib(cap as usize)
             ));
             Some(keep)
         }
