@@ -21,7 +21,7 @@ use crate::model::config::{Arch, ModelConfig};
 use crate::model::weights::SafetensorsRepo;
 use crate::quant::int4::{QuantParams, QuantizedLinear};
 use crate::quant::qmodel::{
-    check_linear, concat_rows, invert_permutation, select_rows, slice_rows, QuantSink, QuantizedLayer, QuantizedModel,
+    check_layer, concat_rows, invert_permutation, select_rows, slice_rows, QuantSink, QuantizedLayer, QuantizedModel,
 };
 use crate::tensor::{encode_f16_checked, DType};
 use half::{bf16, f16};
@@ -391,21 +391,7 @@ impl QuantSink for AwqWriter {
     fn write_layer(&mut self, index: usize, layer: &QuantizedLayer) -> Result<()> {
         let st = self.state()?;
         let c = &st.config;
-        if index != st.next_layer || index >= c.num_hidden_layers {
-            return Err(Error::internal(format!(
-                "AwqWriter: got layer {index}, expected layer {} of {}",
-                st.next_layer, c.num_hidden_layers
-            )));
-        }
-        let h = c.hidden_size;
-        if layer.attn_norm.len() != h || layer.mlp_norm.len() != h {
-            return Err(Error::internal(format!("AwqWriter: layer {index} norms do not have {h} values")));
-        }
-        for kind in LinearKind::ALL {
-            let (n, k) = kind.shape(c);
-            let name = arch::linear_module(c.arch, index, kind);
-            check_linear(&name, layer.linear(kind), n, k, st.params, kind.has_bias(c))?;
-        }
+        check_layer("AwqWriter", c, st.params, index, st.next_layer, layer)?;
         let (n1, n2) = arch::norm_names(c.arch, index);
         st.out.write(&n1, &encode_f16_checked(&n1, &layer.attn_norm)?)?;
         st.out.write(&n2, &encode_f16_checked(&n2, &layer.mlp_norm)?)?;

@@ -25,11 +25,11 @@
 use crate::error::{Error, IoContext, Result};
 use crate::formats::awq_gemm::{self, copy_tokenizer_files, f16_bytes, i32_bytes, transpose, AwqReader};
 use crate::fsutil::StagedDir;
-use crate::model::arch::{self, GlobalWeights, LinearKind};
+use crate::model::arch::GlobalWeights;
 use crate::model::config::{ModelConfig, RopeScaling};
 use crate::quant::int4::{QuantParams, QuantizedLinear};
 use crate::quant::qmodel::{
-    check_linear, concat_rows, invert_permutation, select_rows, slice_rows, QuantSink, QuantizedLayer, QuantizedModel,
+    check_layer, concat_rows, invert_permutation, select_rows, slice_rows, QuantSink, QuantizedLayer, QuantizedModel,
 };
 use crate::tensor::{encode_f16_checked, DType, HostTensor};
 use half::f16;
@@ -704,21 +704,7 @@ impl QuantSink for TurbomindWriter {
     fn write_layer(&mut self, index: usize, layer: &QuantizedLayer) -> Result<()> {
         let st = self.state()?;
         let c = &st.config;
-        if index != st.next_layer || index >= c.num_hidden_layers {
-            return Err(Error::internal(format!(
-                "TurbomindWriter: got layer {index}, expected layer {} of {}",
-                st.next_layer, c.num_hidden_layers
-            )));
-        }
-        let h = c.hidden_size;
-        if layer.attn_norm.len() != h || layer.mlp_norm.len() != h {
-            return Err(Error::internal(format!("TurbomindWriter: layer {index} norms do not have {h} values")));
-        }
-        for kind in LinearKind::ALL {
-            let (n, k) = kind.shape(c);
-            let name = arch::linear_module(c.arch, index, kind);
-            check_linear(&name, layer.linear(kind), n, k, st.params, kind.has_bias(c))?;
-        }
+        check_layer("TurbomindWriter", c, st.params, index, st.next_layer, layer)?;
         let (dir, p) = (&st.weights, format!("layers.{index}"));
         let (n1, n2) = (format!("{p}.attention_norm.weight"), format!("{p}.ffn_norm.weight"));
         write_raw(dir, &n1, &encode_f16_checked(&n1, &layer.attn_norm)?)?;
@@ -727,7 +713,7 @@ impl QuantSink for TurbomindWriter {
         write_linear(dir, &format!("{p}.attention.wo.0"), &layer.o)?;
         if c.attention_bias {
             // TurboMind's attention has a wo bias slot whenever w_qkv has a bias; it is zero.
-            write_raw(dir, &format!("{p}.attention.wo.0.bias"), &DType::F16.encode(&vec![0.0; h]))?;
+            write_raw(dir, &format!("{p}.attention.wo.0.bias"), &DType::F16.encode(&vec![0.0; c.hidden_size]))?;
         }
         write_linear(dir, &format!("{p}.feed_forward.w1.0"), &pad_out(&layer.gate, st.inter_pad))?;
         write_linear(dir, &format!("{p}.feed_forward.w3.0"), &pad_out(&layer.up, st.inter_pad))?;

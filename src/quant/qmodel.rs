@@ -129,6 +129,27 @@ impl QuantSink for TeeSink {
 // Row and shape helpers on `QuantizedLinear`, shared by the exporters. A "row" is one output
 // channel: its K codes, its K/g zero points and scales, and its bias entry move together.
 
+/// Check what a sink is handed as layer `index` when it expects layer `expected` of `c`: the
+/// order, the norm lengths and every linear (`check_linear`). `sink` names the writer in errors.
+pub fn check_layer(sink: &str, c: &ModelConfig, p: QuantParams, index: usize, expected: usize, layer: &QuantizedLayer) -> Result<()> {
+    if index != expected || index >= c.num_hidden_layers {
+        return Err(crate::error::Error::internal(format!(
+            "{sink}: got layer {index}, expected layer {expected} of {}",
+            c.num_hidden_layers
+        )));
+    }
+    let h = c.hidden_size;
+    if layer.attn_norm.len() != h || layer.mlp_norm.len() != h {
+        return Err(crate::error::Error::internal(format!("{sink}: layer {index} norms do not have {h} values")));
+    }
+    for kind in LinearKind::ALL {
+        let (n, k) = kind.shape(c);
+        let name = crate::model::arch::linear_module(c.arch, index, kind);
+        check_linear(&name, layer.linear(kind), n, k, p, kind.has_bias(c))?;
+    }
+    Ok(())
+}
+
 /// Check that `l` is a well-formed `[n, k]` linear quantized with `p`, with a bias exactly when
 /// `bias` is set. `name` is the module name used in the error.
 pub fn check_linear(name: &str, l: &QuantizedLinear, n: usize, k: usize, p: QuantParams, bias: bool) -> Result<()> {
@@ -320,5 +341,35 @@ mod tests {
         assert!(check_linear("t", &ab, 5, 16, ab.params, true).is_ok());
         assert!(check_linear("t", &ab, 5, 16, ab.params, false).unwrap_err().msg.contains("has a bias"));
         assert!(check_linear("t", &ab, 4, 16, ab.params, true).unwrap_err().msg.contains("shape"));
+    }
+
+    #[test]
+    fn check_layer_names_the_sink_the_layer_and_the_module() {
+        use crate::model::{config::Arch, synth};
+        let c = synth::config(Arch::Llama, 32, 64, 2, 4, 2, 50, false);
+        let p = QuantParams::new(4, 16).unwrap();
+        let w = synth::layer(&c, 7, 1);
+        let q = |l: &crate::model::arch::Linear| QuantizedLinear::quantize("t", &l.w, l.b.clone(), p).unwrap();
+        let mut layer = QuantizedLayer {
+            attn_norm: w.attn_norm.clone(),
+            mlp_norm: w.mlp_norm.clone(),
+            q: q(&w.q),
+            k: q(&w.k),
+            v: q(&w.v),
+            o: q(&w.o),
+            gate: q(&w.gate),
+            up: q(&w.up),
+            down: q(&w.down),
+        };
+        assert!(check_layer("W", &c, p, 1, 1, &layer).is_ok());
+        let msg = |r: Result<()>| r.unwrap_err().msg;
+        assert_eq!(msg(check_layer("W", &c, p, 0, 1, &layer)), "W: got layer 0, expected layer 1 of 2");
+        assert_eq!(msg(check_layer("W", &c, p, 2, 2, &layer)), "W: got layer 2, expected layer 2 of 2");
+        assert!(msg(check_layer("W", &c, QuantParams::new(4, 32).unwrap(), 1, 1, &layer)).contains("model.layers.1.self_attn.q_proj"));
+        layer.mlp_norm.pop();
+        assert_eq!(msg(check_layer("W", &c, p, 1, 1, &layer)), "W: layer 1 norms do not have 32 values");
+        layer.mlp_norm = w.mlp_norm.clone();
+        layer.down = q(&w.gate);
+        assert!(msg(check_layer("W", &c, p, 1, 1, &layer)).starts_with("model.layers.1.mlp.down_proj: shape"));
     }
 }
