@@ -850,6 +850,14 @@ fn quantize_flags_and_outputs_are_checked_before_any_work() {
         &["out.report.json: output path exists"],
         &dir,
     );
+    r.refused("quantize --batch-size 0", q(&dir.join("bs0"), &["--batch-size", "0"]), USAGE, &["--batch-size must be at least 1"], &dir);
+    r.refused(
+        "calibrate --batch-size 0",
+        args(&[&"calibrate", &"--model", &b.hf, &"--out", &dir.join("bs0.safetensors"), &"--calib-samples", &"1", &"--batch-size", &"0"]),
+        USAGE,
+        &["--batch-size must be at least 1"],
+        &dir,
+    );
     // --max-memory: a size clap can parse, and at least two calibration chunks' worth.
     let mm = |out: &Path, cap: &str| {
         args(&[&"quantize", &"--model", &b.hf, &"--out", &out, &"--calib-samples", &"4", &"--calib-seqlen", &"64", &"--w-group-size", &"64", &"--max-memory", &cap])

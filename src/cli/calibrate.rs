@@ -3,7 +3,6 @@
 //! file keyed `{module}.{stat}` (lmdeploy's `inputs_stats.pth`). Linears that share an input
 //! (q/k/v, gate/up) share one record, keyed by the first; `__metadata__` lists the sharing.
 
-use crate::data::calib::{default_data_dir, sample_blocks, CalibConfig};
 use crate::data::tokenizer::Tokenizer;
 use crate::engine::device::{self, DeviceKind};
 use crate::error::{Error, IoContext, Result};
@@ -21,20 +20,10 @@ pub struct Args {
     /// Output file (safetensors).
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value = "c4")]
-    pub calib_dataset: String,
-    #[arg(long, default_value_t = 128)]
-    pub calib_samples: usize,
-    #[arg(long, default_value_t = 2048)]
-    pub calib_seqlen: usize,
-    #[arg(long, default_value_t = 1)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub calib: crate::cli::CalibArgs,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
     #[arg(long)]
     pub force: bool,
 }
@@ -47,24 +36,18 @@ fn run_on<B: Backend>(dev: B::Device, src: &HfSource, blocks: &[Vec<u32>], bs: u
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
-    if a.calib_samples == 0 {
+    if a.calib.calib_samples == 0 {
         return Err(Error::usage("--calib-samples must be at least 1 for calibration"));
     }
+    a.calib.check()?;
     crate::fsutil::check_output_path(&a.out, a.force)?;
     let kind = device::resolve(a.device)?;
     let model = crate::model::weights::resolve_model_path(&a.model)?;
     let src = HfSource::open(&model)?;
     let tok = Tokenizer::from_model_dir(&model)?;
-    let cc = CalibConfig {
-        dataset: a.calib_dataset.clone(),
-        n_samples: a.calib_samples,
-        seqlen: a.calib_seqlen,
-        seed: a.seed,
-        data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir),
-    };
-    let blocks = sample_blocks(&cc, &tok)?;
+    let blocks = a.calib.sample(&tok)?;
     let t0 = std::time::Instant::now();
-    let stats = crate::with_backend!(kind, run_on(&src, &blocks, a.batch_size.max(1)))?;
+    let stats = crate::with_backend!(kind, run_on(&src, &blocks, a.calib.batch_size))?;
     let secs = t0.elapsed().as_secs_f64();
 
     let names = ["max", "min", "absmax", "mean", "absmean"];
@@ -78,13 +61,13 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         sharing.insert(key.clone(), json!(s.modules));
     }
     let meta_sharing = serde_json::to_string(&sharing).unwrap_or_default();
-    let meta_tokens = (blocks.len() * a.calib_seqlen).to_string();
+    let meta_tokens = (blocks.len() * a.calib.calib_seqlen).to_string();
     let tmp = a.out.with_extension("awqc-tmp");
     let written = (|| -> Result<()> {
         let mut w = SafetensorsWriter::create(
             &tmp,
             specs,
-            &[("format", "pt"), ("shared_inputs", &meta_sharing), ("tokens", &meta_tokens), ("dataset", &a.calib_dataset)],
+            &[("format", "pt"), ("shared_inputs", &meta_sharing), ("tokens", &meta_tokens), ("dataset", &a.calib.calib_dataset)],
         )?;
         for s in &stats {
             let st = &s.stats;
@@ -102,9 +85,9 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         return Err(e);
     }
     if json {
-        crate::cli::print_json(&json!({"out": a.out.display().to_string(), "records": stats.len(), "tokens": blocks.len() * a.calib_seqlen, "seconds": secs}));
+        crate::cli::print_json(&json!({"out": a.out.display().to_string(), "records": stats.len(), "tokens": blocks.len() * a.calib.calib_seqlen, "seconds": secs}));
     } else {
-        println!("wrote {} ({} input records, {} tokens, {:.1}s)", a.out.display(), stats.len(), blocks.len() * a.calib_seqlen, secs);
+        println!("wrote {} ({} input records, {} tokens, {:.1}s)", a.out.display(), stats.len(), blocks.len() * a.calib.calib_seqlen, secs);
     }
     Ok(())
 }

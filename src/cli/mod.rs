@@ -75,6 +75,55 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The calibration-set flags shared by `quantize` and `calibrate` (lmdeploy's names and defaults).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CalibArgs {
+    /// Calibration dataset: c4, wikitext2 (bundled), or a .parquet/.jsonl/.txt file.
+    #[arg(long, default_value = "c4")]
+    pub calib_dataset: String,
+    /// Number of calibration blocks (`quantize`: 0 = no calibration, round-to-nearest).
+    #[arg(long, default_value_t = 128)]
+    pub calib_samples: usize,
+    /// Tokens per calibration block.
+    #[arg(long, default_value_t = 2048)]
+    pub calib_seqlen: usize,
+    /// Calibration sequences per forward chunk (and per ratio-search chunk with --search-scale).
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Seed of the calibration sampler (lmdeploy uses 0).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Directory of the bundled calibration/eval datasets.
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
+impl CalibArgs {
+    /// Refuse flag values that are wrong whatever the model (called before any work).
+    pub fn check(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(crate::error::Error::usage("--batch-size must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Sample the calibration blocks (none for `--calib-samples 0`).
+    pub fn sample(&self, tok: &crate::data::tokenizer::Tokenizer) -> Result<Vec<Vec<u32>>> {
+        use crate::data::calib::{default_data_dir, sample_blocks, CalibConfig};
+        if self.calib_samples == 0 {
+            return Ok(Vec::new());
+        }
+        let cc = CalibConfig {
+            dataset: self.calib_dataset.clone(),
+            n_samples: self.calib_samples,
+            seqlen: self.calib_seqlen,
+            seed: self.seed,
+            data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
+        };
+        sample_blocks(&cc, tok)
+    }
+}
+
 /// Print a JSON value on stdout (pretty, one document).
 pub fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into()));

@@ -1,6 +1,5 @@
 //! `awqc quantize`: the main job. Flags follow `lmdeploy lite auto_awq`.
 
-use crate::data::calib::{default_data_dir, sample_blocks, CalibConfig};
 use crate::data::tokenizer::Tokenizer;
 use crate::engine::device::{self, DeviceKind};
 use crate::error::{Error, Result};
@@ -20,23 +19,13 @@ pub struct Args {
     /// Output directory of the AutoAWQ-GEMM checkpoint (lmdeploy calls it --work-dir).
     #[arg(long, alias = "work-dir")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub calib: crate::cli::CalibArgs,
     /// Also write a TurboMind workspace (lmdeploy 0.9.2 layout) here; needs --w-group-size 128.
     #[arg(long)]
     pub turbomind_out: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "awq")]
     pub mode: Mode,
-    /// Calibration dataset: c4, wikitext2 (bundled), or a .parquet/.jsonl/.txt file.
-    #[arg(long, default_value = "c4")]
-    pub calib_dataset: String,
-    /// Number of calibration blocks; 0 = no calibration (round-to-nearest).
-    #[arg(long, default_value_t = 128)]
-    pub calib_samples: usize,
-    /// Tokens per calibration block.
-    #[arg(long, default_value_t = 2048)]
-    pub calib_seqlen: usize,
-    /// Calibration sequences per forward chunk (and per ratio-search chunk with --search-scale).
-    #[arg(long, default_value_t = 1)]
-    pub batch_size: usize,
     #[arg(long, default_value_t = 4)]
     pub w_bits: u32,
     #[arg(long, default_value_t = 128)]
@@ -61,11 +50,6 @@ pub struct Args {
     pub eval: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
-    /// Seed of the calibration sampler (lmdeploy uses 0).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
     /// Cap on the calibration activations held in memory (e.g. 4G, 512M; binary units): chunks
     /// beyond it are written to the job's state directory and read back when used. The output is
     /// the same; only the time changes. Default: no cap.
@@ -96,11 +80,9 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 }
 
 fn options(a: &Args) -> Result<QuantizeOptions> {
+    a.calib.check()?;
     if a.search_scale && a.mode != Mode::Lmdeploy {
         return Err(Error::usage("--search-scale belongs to --mode lmdeploy (awq mode always searches)"));
-    }
-    if a.batch_size == 0 {
-        return Err(Error::usage("--batch-size must be at least 1"));
     }
     Ok(QuantizeOptions {
         mode: a.mode,
@@ -108,7 +90,7 @@ fn options(a: &Args) -> Result<QuantizeOptions> {
         duo_scaling: !a.no_duo_scaling,
         clip: !a.no_clip,
         search_scale: a.search_scale,
-        batch_size: a.batch_size,
+        batch_size: a.calib.batch_size,
         n_grid: 20,
         spill: Default::default(),
     })
@@ -169,45 +151,34 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     }
     let tok = Tokenizer::from_model_dir(&model)?;
     let t0 = std::time::Instant::now();
-    let blocks = if a.calib_samples == 0 {
-        Vec::new()
-    } else {
-        let cc = CalibConfig {
-            dataset: a.calib_dataset.clone(),
-            n_samples: a.calib_samples,
-            seqlen: a.calib_seqlen,
-            seed: a.seed,
-            data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir),
-        };
-        sample_blocks(&cc, &tok)?
-    };
+    let blocks = a.calib.sample(&tok)?;
     let sampling_s = t0.elapsed().as_secs_f64();
     let c = &src.config;
     // The large buffers of one layer, per calibration token (f32): the residual stream, the q/k/v,
     // o_proj, gate/up and down_proj inputs, and the search's full-precision block output.
     let per_token = (4 * c.hidden_size + c.q_dim() + c.intermediate_size) * 4;
-    let act_bytes = blocks.len() * a.calib_seqlen * per_token;
+    let act_bytes = blocks.len() * a.calib.calib_seqlen * per_token;
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
     crate::progress::status(&format!(
         "awqc: {} layers, {} calibration blocks x {} tokens; per-layer activations {:.1} MiB",
         c.num_hidden_layers,
         blocks.len(),
-        a.calib_seqlen,
+        a.calib.calib_seqlen,
         mib(act_bytes)
     ));
     // --max-memory: how many chunks of each activation list may stay in memory. Two more chunks
     // per list are read back at a time while it is used.
-    let chunk_bytes = a.batch_size.min(blocks.len().max(1)) * a.calib_seqlen * per_token;
+    let chunk_bytes = a.calib.batch_size.min(blocks.len().max(1)) * a.calib.calib_seqlen * per_token;
     let keep = match a.max_memory {
         Some(cap) if !blocks.is_empty() && (cap as usize) < act_bytes => {
             let fit = cap as usize / chunk_bytes;
             if fit < crate::quant::chunks::READ_BATCH {
                 return Err(Error::usage(format!(
                     "--max-memory {cap} bytes ({:.1} MiB): below two calibration chunks' activations ({:.1} MiB each at --batch-size {} x --calib-seqlen {}); raise it, or lower --batch-size or --calib-seqlen",
-                    mib(cap as usize), mib(chunk_bytes), a.batch_size, a.calib_seqlen
+                    mib(cap as usize), mib(chunk_bytes), a.calib.batch_size, a.calib.calib_seqlen
                 )));
             }
-            let n_chunks = blocks.len().div_ceil(a.batch_size);
+            let n_chunks = blocks.len().div_ceil(a.calib.batch_size);
             let keep = fit - crate::quant::chunks::READ_BATCH;
             crate::progress::status(&format!(
                 "awqc: --max-memory {:.1} MiB: {keep} of {n_chunks} chunks per activation list in memory, the rest on disk",
@@ -263,7 +234,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         "model": model.display().to_string(), "out": a.out.display().to_string(),
         "turbomind_out": a.turbomind_out.as_ref().map(|p| p.display().to_string()),
         "options": opts, "w_bits": opts.params.bits, "w_group_size": opts.params.group,
-        "calib": {"dataset": a.calib_dataset, "samples": blocks.len(), "seqlen": a.calib_seqlen, "seed": a.seed, "sampling_seconds": sampling_s,
+        "calib": {"dataset": a.calib.calib_dataset, "samples": blocks.len(), "seqlen": a.calib.calib_seqlen, "seed": a.calib.seed, "sampling_seconds": sampling_s,
             "activation_bytes": act_bytes, "max_memory": a.max_memory, "chunks_in_memory": keep},
         "device": kind, "report": rep,
     });
@@ -304,14 +275,14 @@ pub fn run(a: Args, json: bool) -> Result<()> {
 /// fp / RTN / quantized perplexity on the ci protocol. RTN is computed in memory.
 fn eval_table(a: &Args, src: &HfSource, model: &Path, tok: &Tokenizer, kind: DeviceKind) -> Result<serde_json::Value> {
     let (seqlen, windows) = (512usize, Some(32usize));
-    let text = crate::cli::eval::eval_text("wikitext2", None, a.data_dir.as_deref())?;
+    let text = crate::cli::eval::eval_text("wikitext2", None, a.calib.data_dir.as_deref())?;
     let fp = crate::cli::eval::evaluate(model, tok, &text, "wikitext2", seqlen, windows, kind)?.result.ppl;
     let q = crate::cli::eval::evaluate(&a.out, tok, &text, "wikitext2", seqlen, windows, kind)?.result.ppl;
     let tokens = tok.encode(&text)?;
     let rtn = crate::with_backend!(kind, rtn_ppl(src, a.w_bits, a.w_group_size, &tokens, seqlen, windows))?;
     let label = match a.mode {
-        Mode::Awq if a.calib_samples > 0 => "awq",
-        Mode::Lmdeploy if a.calib_samples > 0 => "lmdeploy",
+        Mode::Awq if a.calib.calib_samples > 0 => "awq",
+        Mode::Lmdeploy if a.calib.calib_samples > 0 => "lmdeploy",
         _ => "rtn",
     };
     Ok(json!({
