@@ -13,6 +13,7 @@
 //! | [`kv_quant`] | per-(token, head) int8/int4 KV quantization: the formula on device and host, packing |
 //! | [`kv_cache`] | paged KV cache (64-token blocks for all layers), block budgeting, block tables, append |
 //! | [`attention`] | causal prefill attention and decode attention over the paged cache (GQA) |
+//! | [`reference`] | f64 host references of every kernel and the deterministic test-data generator (the tests and `awqc kernel-test` check against them) |
 //! | [`bench`] | timing of the W4A16 kernels at given shapes (`examples/bench_w4a16.rs`) |
 //! | [`device`] | clients without burn (`wgpu_client`, `cuda_client`) |
 //!
@@ -59,6 +60,7 @@ pub mod error;
 pub mod kv_cache;
 pub mod kv_quant;
 pub mod norm;
+pub mod reference;
 pub mod rope;
 pub mod tensor;
 pub mod w4a16;

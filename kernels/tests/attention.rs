@@ -7,43 +7,8 @@ use awqc_kernels::attention::{attention_decode, attention_prefill};
 use awqc_kernels::kv_cache::{kv_append, BlockTables, KvCache, KvCacheKind, KvCacheLayout, BLOCK_LEN};
 use awqc_kernels::kv_quant::{dequantize_row_ref, quantize_row_ref};
 use awqc_kernels::{Elem, GpuTensor};
+use awqc_kernels::reference;
 use common::*;
-
-/// f64 causal attention of query row (t, h) over keys `keys` (token indices) of k/v `[T, Hkv, D]`.
-#[allow(clippy::too_many_arguments)]
-fn attend_ref(q: &[f32], k: &[f32], v: &[f32], t: usize, h: usize, hq: usize, hkv: usize, d: usize, keys: std::ops::Range<usize>) -> Vec<f64> {
-    let hk = h / (hq / hkv);
-    let scale = 1.0 / (d as f64).sqrt();
-    let qrow = &q[(t * hq + h) * d..][..d];
-    let scores: Vec<f64> = keys
-        .clone()
-        .map(|j| qrow.iter().zip(&k[(j * hkv + hk) * d..][..d]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale)
-        .collect();
-    let mx = scores.iter().copied().fold(f64::MIN, f64::max);
-    let w: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
-    let sum: f64 = w.iter().sum();
-    let mut out = vec![0f64; d];
-    for (wi, j) in w.iter().zip(keys) {
-        for e in 0..d {
-            out[e] += wi / sum * v[(j * hkv + hk) * d + e] as f64;
-        }
-    }
-    out
-}
-
-fn prefill_ref(q: &[f32], k: &[f32], v: &[f32], lens: &[usize], hq: usize, hkv: usize, d: usize) -> Vec<f64> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for &len in lens {
-        for t in start..start + len {
-            for h in 0..hq {
-                out.extend(attend_ref(q, k, v, t, h, hq, hkv, d, start..t + 1));
-            }
-        }
-        start += len;
-    }
-    out
-}
 
 #[test]
 fn block_budget_and_layout_arithmetic() {
@@ -91,7 +56,7 @@ fn attention_prefill_and_decode() {
             let out = attention_prefill(&client, &up(&q, hq), &up(&k, hkv), &up(&v, hkv), &lens, None).unwrap();
             let got = out.to_f32(&client).unwrap();
             assert_kernels_built();
-            let want = prefill_ref(&q, &k, &v, &lens, hq, hkv, d);
+            let want = reference::prefill_attention(&q, &k, &v, &lens, hq, hkv, d);
             let err = max_abs(&got, &want);
             let tol = if elem == Elem::F32 { 2e-6 } else { 1e-3 };
             println!("prefill hq={hq} hkv={hkv} d={d} {elem:?}: max abs err {err:e}");
@@ -166,8 +131,8 @@ fn attention_prefill_and_decode() {
                 // Re-index: the query row lives in q_last; keys in k/v at s..s+l.
                 let mut qfull = vec![0f32; (s + l) * hq * d];
                 qfull[(s + l - 1) * hq * d..].copy_from_slice(qrow);
-                want_orig.extend(attend_ref(&qfull, &k, &v, s + l - 1, h, hq, hkv, d, s..s + l));
-                want_stored.extend(attend_ref(&qfull, &ks, &vs, s + l - 1, h, hq, hkv, d, s..s + l));
+                want_orig.extend(reference::attend(&qfull, &k, &v, s + l - 1, h, hq, hkv, d, s..s + l));
+                want_stored.extend(reference::attend(&qfull, &ks, &vs, s + l - 1, h, hq, hkv, d, s..s + l));
             }
         }
         let err_stored = max_abs(&got, &want_stored);

@@ -5,37 +5,8 @@ use awqc_kernels::act::silu_mul;
 use awqc_kernels::norm::rms_norm;
 use awqc_kernels::rope::{inv_freq, rope_inplace, RopeLayout, RopeTable};
 use awqc_kernels::{Elem, GpuTensor};
+use awqc_kernels::reference;
 use common::*;
-
-fn rms_norm_ref(x: &[f32], w: &[f32], h: usize, eps: f64) -> Vec<f64> {
-    x.chunks(h)
-        .flat_map(|row| {
-            let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / h as f64;
-            let inv = 1.0 / (ms + eps).sqrt();
-            row.iter().zip(w).map(move |(&v, &wv)| v as f64 * inv * wv as f64).collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn rope_ref(x: &[f32], pos: &[u32], seq: &[u32], freqs: &[Vec<f64>], h: usize, d: usize, rot: usize, interleaved: bool, mscale: f64) -> Vec<f64> {
-    let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-    let half = rot / 2;
-    for t in 0..pos.len() {
-        for hh in 0..h {
-            let base = (t * h + hh) * d;
-            for (i, &f) in freqs[seq[t] as usize].iter().enumerate().take(half) {
-                let a = pos[t] as f64 * f;
-                let (c, s) = (a.cos() * mscale, a.sin() * mscale);
-                let (i0, i1) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
-                let (x0, x1) = (x[base + i0] as f64, x[base + i1] as f64);
-                out[base + i0] = x0 * c - x1 * s;
-                out[base + i1] = x1 * c + x0 * s;
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn norm_rope_silu_match_f64_reference() {
@@ -55,7 +26,7 @@ fn norm_rope_silu_match_f64_reference() {
             let wt = GpuTensor::from_f32(&client, &w, &[h], elem).unwrap();
             let y = rms_norm(&client, &xt, &wt, 1e-5).unwrap().to_f32(&client).unwrap();
             assert_kernels_built();
-            let yref = rms_norm_ref(&x, &w, h, 1e-5);
+            let yref = reference::rms_norm(&x, &w, h, 1e-5);
             // Max error relative to each value: f32 ~1e-7 per op; f16 output rounding is 2^-11.
             let tol = if elem == Elem::F32 { 2e-6 } else { 1e-3 };
             let worst = y.iter().zip(&yref).map(|(&a, &b)| (a as f64 - b).abs() / b.abs().max(1e-3)).fold(0.0, f64::max);
@@ -74,7 +45,7 @@ fn norm_rope_silu_match_f64_reference() {
     )
     .unwrap();
     assert_eq!(y.elem, Elem::F16);
-    let err = rel_l2(&y.to_f32(&client).unwrap(), &rms_norm_ref(&x, &w, 96, 1e-6));
+    let err = rel_l2(&y.to_f32(&client).unwrap(), &reference::rms_norm(&x, &w, 96, 1e-6));
     assert!(err < 1e-3, "rms_norm mixed: {err:e}");
 
     // ---- RoPE: two sequences with different bases (as dynamic NTK produces), GQA-like shapes,
@@ -97,7 +68,7 @@ fn norm_rope_silu_match_f64_reference() {
             rope_inplace(&client, &xt, &pt, &st, &table, layout, mscale as f32).unwrap();
             let got = xt.to_f32(&client).unwrap();
             assert_kernels_built();
-            let want = rope_ref(&x, &pos, &seq, &freqs, h, d, rot, layout == RopeLayout::Interleaved, mscale);
+            let want = reference::rope(&x, &pos, &seq, &freqs, h, d, rot, layout == RopeLayout::Interleaved, mscale);
             let err = max_abs(&got, &want);
             // |x| <= 2: f32 tolerance covers ~1e-6 rad of angle error plus sin/cos rounding;
             // f16 is the output rounding (2^-11 * 2.2 * 2).
@@ -147,7 +118,7 @@ fn norm_rope_silu_match_f64_reference() {
         .unwrap()
         .to_f32(&client)
         .unwrap();
-        let want: Vec<f64> = g.iter().zip(&u).map(|(&a, &b)| a as f64 / (1.0 + (-(a as f64)).exp()) * b as f64).collect();
+        let want = reference::silu_mul(&g, &u);
         let tol = if elem == Elem::F32 { 1e-6 } else { 1e-3 };
         let worst = out.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs() / b.abs().max(1.0)).fold(0.0, f64::max);
         println!("silu_mul {elem:?}: max err {worst:e}");

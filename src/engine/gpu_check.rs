@@ -1,7 +1,7 @@
-//! `awqc kernel-test`: every GPU kernel of `awqc-kernels` against an f64 (or bit-exact) host
-//! reference written here, on any CubeCL runtime. The kernels crate's own tests run on wgpu only
-//! (lavapipe in CI); this runs the same kinds of checks from the release binary on a CUDA machine,
-//! which has no Rust toolchain. Small shapes; every element type and comptime variant the engine
+//! `awqc kernel-test`: every GPU kernel of `awqc-kernels` against its f64 (or bit-exact) host
+//! reference (`awqc_kernels::reference`, `kv_quant::quantize_row_ref`), on any CubeCL runtime.
+//! The kernels crate's own tests run on wgpu only (lavapipe in CI); this runs the same kinds of
+//! checks from the release binary on a CUDA machine, which has no Rust toolchain. Small shapes; every element type and comptime variant the engine
 //! uses (f32 and f16 activations, float and int8/int4 caches, both RoPE layouts) is compiled and
 //! checked, and a kernel that failed to compile is reported (cubecl's device-thread panics).
 
@@ -10,9 +10,9 @@ use awqc_kernels::cubecl::prelude::{ComputeClient, Runtime};
 use awqc_kernels::kv_cache::{kv_append, BlockTables, KvCache, KvCacheKind, KvCacheLayout};
 use awqc_kernels::kv_quant::{dequantize_row_ref, kv_dequantize, kv_quantize, quantize_row_ref, unpack, KvBits};
 use awqc_kernels::rope::{inv_freq, rope_inplace, RopeLayout, RopeTable};
+use awqc_kernels::reference::{self, round_f16, Rng, W4Layer};
 use awqc_kernels::w4a16::{repack_turbomind, w4a16_dequantize, w4a16_gemm, w4a16_gemv};
 use awqc_kernels::{Elem, GpuTensor, KernelError};
-use half::f16;
 use serde::Serialize;
 
 /// One check: the worst error against the reference and the bound it must stay under.
@@ -26,30 +26,13 @@ pub struct Check {
 
 type R<T> = std::result::Result<T, KernelError>;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    fn vec(&mut self, n: usize, lo: f64, hi: f64, elem: Elem) -> Vec<f32> {
-        (0..n).map(|_| round(self.uniform(lo, hi) as f32, elem)).collect()
-    }
-}
-
-/// What an upload of `elem` stores.
-fn round(x: f32, elem: Elem) -> f32 {
+/// `n` uniform values in [lo, hi) as an upload of `elem` stores them.
+fn values(rng: &mut Rng, n: usize, lo: f64, hi: f64, elem: Elem) -> Vec<f32> {
+    let v = rng.vec(n, lo, hi);
     if elem == Elem::F16 {
-        f16::from_f32(x).to_f32()
+        round_f16(&v)
     } else {
-        x
+        v
     }
 }
 
@@ -77,27 +60,14 @@ fn elem_name(e: Elem) -> &'static str {
 }
 
 fn w4a16_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<()> {
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let (k, n, g) = (256usize, 96usize, 64usize);
-    let q: Vec<u32> = (0..k * n).map(|_| (rng.next_u64() % 16) as u32).collect();
-    let s: Vec<f16> = (0..k / g * n).map(|_| f16::from_f64(rng.uniform(0.002, 0.03))).collect();
-    let z: Vec<f16> = (0..k / g * n).map(|_| f16::from_f64((rng.next_u64() % 16) as f64)).collect();
-    let mut qw = vec![0u32; k * n / 8];
-    for kk in 0..k {
-        for col in 0..n {
-            qw[kk * n / 8 + col / 8] |= q[kk * n + col] << (4 * (col % 8));
-        }
-    }
-    let w = |kk: usize, col: usize| {
-        let gi = (kk / g) * n + col;
-        (q[kk * n + col] as f64 - z[gi].to_f64()) * s[gi].to_f64()
-    };
-    let weights = repack_turbomind(&qw, &s, &z, k, n, g)?.upload(c)?;
+    let l = W4Layer::random(&mut rng, k, n, g);
+    let weights = repack_turbomind(&l.turbomind_qweight(), &l.s, &l.z, k, n, g)?.upload(c)?;
     for elem in [Elem::F32, Elem::F16] {
         for m in [1usize, 3, 37] {
-            let x = rng.vec(m * k, -1.0, 1.0, elem);
-            let want: Vec<f64> =
-                (0..m * n).map(|i| (0..k).map(|kk| x[(i / n) * k + kk] as f64 * w(kk, i % n)).sum()).collect();
+            let x = values(&mut rng, m * k, -1.0, 1.0, elem);
+            let want = l.matmul(&x, m);
             let xt = GpuTensor::from_f32(c, &x, &[m, k], elem)?;
             let tol = if elem == Elem::F32 { 1e-5 } else { 2e-3 };
             if m <= 4 {
@@ -108,7 +78,7 @@ fn w4a16_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<()> {
             out.push(format!("w4a16 gemm {} M={m} K={k} N={n} g={g} (rel)", elem_name(elem)), rel(&got, &want), tol);
         }
         let dense = w4a16_dequantize(c, &weights, elem)?.to_f32(c)?;
-        let want: Vec<f64> = (0..k * n).map(|i| w(i / n, i % n)).collect();
+        let want = l.dense();
         let tol = if elem == Elem::F32 { 1e-6 } else { 1e-3 };
         out.push(format!("w4a16 dequantize {} (rel)", elem_name(elem)), rel(&dense, &want), tol);
     }
@@ -116,27 +86,21 @@ fn w4a16_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<()> {
 }
 
 fn norm_act_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<()> {
-    let mut rng = Rng(12);
+    let mut rng = Rng::new(12);
     for elem in [Elem::F32, Elem::F16] {
         let (rows, h) = (5usize, 576usize);
-        let x = rng.vec(rows * h, -3.0, 3.0, elem);
-        let wv = rng.vec(h, 0.5, 1.5, elem);
+        let x = values(&mut rng, rows * h, -3.0, 3.0, elem);
+        let wv = values(&mut rng, h, 0.5, 1.5, elem);
         let eps = 1e-5;
-        let want: Vec<f64> = (0..rows * h)
-            .map(|i| {
-                let r = &x[(i / h) * h..][..h];
-                let ms = r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / h as f64;
-                x[i] as f64 / (ms + eps).sqrt() * wv[i % h] as f64
-            })
-            .collect();
+        let want = reference::rms_norm(&x, &wv, h, eps);
         let got = awqc_kernels::norm::rms_norm(c, &GpuTensor::from_f32(c, &x, &[rows, h], elem)?, &GpuTensor::from_f32(c, &wv, &[h], elem)?, eps as f32)?
             .to_f32(c)?;
         out.push(format!("rms_norm {} [{rows}, {h}] (rel)", elem_name(elem)), rel(&got, &want), if elem == Elem::F32 { 2e-6 } else { 1e-3 });
 
         let n = 1000usize;
-        let gt = rng.vec(n, -8.0, 8.0, elem);
-        let up = rng.vec(n, -2.0, 2.0, elem);
-        let want: Vec<f64> = gt.iter().zip(&up).map(|(&g, &u)| g as f64 / (1.0 + (-(g as f64)).exp()) * u as f64).collect();
+        let gt = values(&mut rng, n, -8.0, 8.0, elem);
+        let up = values(&mut rng, n, -2.0, 2.0, elem);
+        let want = reference::silu_mul(&gt, &up);
         let got = awqc_kernels::act::silu_mul(c, &GpuTensor::from_f32(c, &gt, &[n], elem)?, &GpuTensor::from_f32(c, &up, &[n], elem)?)?.to_f32(c)?;
         out.push(format!("silu_mul {} (rel)", elem_name(elem)), rel(&got, &want), if elem == Elem::F32 { 1e-6 } else { 1e-3 });
     }
@@ -144,7 +108,7 @@ fn norm_act_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<()
 }
 
 fn rope_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<()> {
-    let mut rng = Rng(13);
+    let mut rng = Rng::new(13);
     let (t, h, d) = (6usize, 3usize, 64usize);
     // Two sequences with different bases (dynamic NTK gives each its own), positions up to 70000.
     let freqs = [inv_freq(10000.0, d), inv_freq(310822.3667, d)];
@@ -153,22 +117,9 @@ fn rope_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<()> {
     let seq_ids: Vec<u32> = vec![0, 0, 1, 1, 0, 1];
     for layout in [RopeLayout::RotateHalf, RopeLayout::Interleaved] {
         for elem in [Elem::F32, Elem::F16] {
-            let x = rng.vec(t * h * d, -2.0, 2.0, elem);
+            let x = values(&mut rng, t * h * d, -2.0, 2.0, elem);
             let mscale = 1.1f32;
-            let mut want = vec![0f64; x.len()];
-            for (ti, (&p, &sq)) in positions.iter().zip(&seq_ids).enumerate() {
-                for hh in 0..h {
-                    let base = (ti * h + hh) * d;
-                    for i in 0..d / 2 {
-                        let (i0, i1) = if layout == RopeLayout::RotateHalf { (i, i + d / 2) } else { (2 * i, 2 * i + 1) };
-                        let a = p as f64 * freqs[sq as usize][i];
-                        let (cs, sn) = (a.cos() * mscale as f64, a.sin() * mscale as f64);
-                        let (x0, x1) = (x[base + i0] as f64, x[base + i1] as f64);
-                        want[base + i0] = x0 * cs - x1 * sn;
-                        want[base + i1] = x1 * cs + x0 * sn;
-                    }
-                }
-            }
+            let want = reference::rope(&x, &positions, &seq_ids, &freqs, h, d, d, layout == RopeLayout::Interleaved, mscale as f64);
             let xt = GpuTensor::from_f32(c, &x, &[t, h, d], elem)?;
             let pt = GpuTensor::from_u32(c, &positions, &[t])?;
             let st = GpuTensor::from_u32(c, &seq_ids, &[t])?;
@@ -182,10 +133,10 @@ fn rope_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<()> {
 }
 
 fn kv_quant_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<()> {
-    let mut rng = Rng(14);
+    let mut rng = Rng::new(14);
     let (rows, d) = (40usize, 64usize);
     for bits in [KvBits::Int8, KvBits::Int4] {
-        let mut x = rng.vec(rows * d, -4.0, 4.0, Elem::F32);
+        let mut x = values(&mut rng, rows * d, -4.0, 4.0, Elem::F32);
         x[..d].iter_mut().for_each(|v| *v = 0.25); // a constant row: scale 0
         let q = kv_quantize(c, &GpuTensor::from_f32(c, &x, &[rows, d], Elem::F32)?, bits)?;
         let codes = unpack(&q.data.to_u32(c)?, bits);
@@ -205,44 +156,17 @@ fn kv_quant_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<()
     Ok(())
 }
 
-/// f64 attention of query `qrow` over keys/values rows `[n][d]`.
-fn attend(qrow: &[f32], k: &[f32], v: &[f32], d: usize) -> Vec<f64> {
-    let n = k.len() / d;
-    let scale = 1.0 / (d as f64).sqrt();
-    let s: Vec<f64> = (0..n).map(|j| qrow.iter().zip(&k[j * d..][..d]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale).collect();
-    let m = s.iter().copied().fold(f64::MIN, f64::max);
-    let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-    let z: f64 = w.iter().sum();
-    (0..d).map(|e| (0..n).map(|j| w[j] / z * v[j * d + e] as f64).sum()).collect()
-}
-
-/// Rows `[tokens][d]` of head `hk` of a `[T, Hkv, D]` buffer, tokens `range`.
-fn head_rows(x: &[f32], range: std::ops::Range<usize>, hkv: usize, hk: usize, d: usize) -> Vec<f32> {
-    range.flat_map(|t| x[(t * hkv + hk) * d..][..d].to_vec()).collect()
-}
-
 fn attention_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<()> {
-    let mut rng = Rng(15);
+    let mut rng = Rng::new(15);
     let (hq, hkv, d) = (6usize, 2usize, 64usize);
-    let g = hq / hkv;
     // Prefill: two sequences packed along T, one longer than a 64-key chunk.
     let lens = [9usize, 70];
     let t: usize = lens.iter().sum();
     for elem in [Elem::F32, Elem::F16] {
-        let q = rng.vec(t * hq * d, -1.0, 1.0, elem);
-        let k = rng.vec(t * hkv * d, -1.0, 1.0, elem);
-        let v = rng.vec(t * hkv * d, -1.0, 1.0, elem);
-        let mut want = Vec::with_capacity(q.len());
-        let mut start = 0;
-        for &l in &lens {
-            for ti in start..start + l {
-                for h in 0..hq {
-                    let (kr, vr) = (head_rows(&k, start..ti + 1, hkv, h / g, d), head_rows(&v, start..ti + 1, hkv, h / g, d));
-                    want.extend(attend(&q[(ti * hq + h) * d..][..d], &kr, &vr, d));
-                }
-            }
-            start += l;
-        }
+        let q = values(&mut rng, t * hq * d, -1.0, 1.0, elem);
+        let k = values(&mut rng, t * hkv * d, -1.0, 1.0, elem);
+        let v = values(&mut rng, t * hkv * d, -1.0, 1.0, elem);
+        let want = reference::prefill_attention(&q, &k, &v, &lens, hq, hkv, d);
         let up = |x: &[f32], h| GpuTensor::from_f32(c, x, &[t, h, d], elem);
         let got = attention_prefill(c, &up(&q, hq)?, &up(&k, hkv)?, &up(&v, hkv)?, &lens, None)?.to_f32(c)?;
         out.push(format!("attention_prefill {} GQA {hq}/{hkv} (abs)", elem_name(elem)), max_abs(&got, &want), if elem == Elem::F32 { 2e-6 } else { 1e-3 });
@@ -253,10 +177,10 @@ fn attention_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<(
     let dl = [70usize, 130];
     let tables = vec![vec![7u32, 2], vec![5, 0, 9]];
     let tt: usize = dl.iter().sum();
-    let k = rng.vec(tt * hkv * d, -1.0, 1.0, Elem::F16);
-    let v = rng.vec(tt * hkv * d, -1.0, 1.0, Elem::F16);
-    let other = rng.vec(tt * hkv * d, -5.0, 5.0, Elem::F32);
-    let qd = rng.vec(2 * hq * d, -2.0, 2.0, Elem::F16);
+    let k = values(&mut rng, tt * hkv * d, -1.0, 1.0, Elem::F16);
+    let v = values(&mut rng, tt * hkv * d, -1.0, 1.0, Elem::F16);
+    let other = values(&mut rng, tt * hkv * d, -5.0, 5.0, Elem::F32);
+    let qd = values(&mut rng, 2 * hq * d, -2.0, 2.0, Elem::F16);
     let starts = [0usize, dl[0]];
     for kind in [KvCacheKind::F32, KvCacheKind::F16, KvCacheKind::Int8, KvCacheKind::Int4] {
         let layout = KvCacheLayout::new(layers, hkv, d, kind)?;
@@ -288,8 +212,7 @@ fn attention_checks<Rt: Runtime>(c: &ComputeClient<Rt>, out: &mut Checks) -> R<(
         let mut want = Vec::new();
         for (sq, (&s, &l)) in starts.iter().zip(&dl).enumerate() {
             for h in 0..hq {
-                let (kr, vr) = (head_rows(&ks, s..s + l, hkv, h / g, d), head_rows(&vs, s..s + l, hkv, h / g, d));
-                want.extend(attend(&qd[(sq * hq + h) * d..][..d], &kr, &vr, d));
+                want.extend(reference::attend(&qd, &ks, &vs, sq, h, hq, hkv, d, s..s + l));
             }
         }
         out.push(format!("kv_append + attention_decode {kind:?} vs stored K/V (abs)"), max_abs(&got, &want), 2e-6);

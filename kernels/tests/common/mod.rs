@@ -1,4 +1,5 @@
-//! Shared test helpers: one wgpu client per test binary, a deterministic PRNG, error metrics.
+//! Shared test helpers: one wgpu client per test binary, error metrics; the PRNG and f16 rounding
+//! come from `awqc_kernels::reference`.
 #![allow(dead_code)]
 
 use cubecl::prelude::*;
@@ -29,31 +30,7 @@ pub fn assert_kernels_built() {
     }
 }
 
-/// SplitMix64: deterministic test data without a dependency.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [lo, hi).
-    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-    pub fn vec(&mut self, len: usize, lo: f64, hi: f64) -> Vec<f32> {
-        (0..len).map(|_| self.uniform(lo, hi) as f32).collect()
-    }
-}
+pub use awqc_kernels::reference::{round_f16, Rng};
 
 /// ||a - b||_2 / ||b||_2 in f64.
 pub fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
@@ -67,9 +44,4 @@ pub fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
 pub fn max_abs(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max)
-}
-
-/// Rounds through f16 (what an f16 upload stores).
-pub fn round_f16(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
 }
