@@ -19,6 +19,7 @@ use crate::model::arch::{GlobalWeights, LayerWeights, Linear};
 use crate::model::config::ModelConfig;
 use crate::quant::int4::QuantizedLinear;
 use crate::quant::qmodel::QuantizedLayer;
+use crate::tensor::HostTensor;
 use awqc_kernels::w4a16::W4Weights;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
@@ -53,12 +54,17 @@ pub struct LinearB<B: Backend> {
 impl<B: Backend> LinearB<B> {
     /// From an nn.Linear-oriented host weight `[N, K]`.
     pub fn from_host(l: &Linear, dev: &B::Device) -> Self {
-        let (n, k) = l.w.dims2();
-        let wt = l.w.transpose2();
-        LinearB {
-            w: LinearWeight::Dense(upload(wt.data, [k, n], dev)),
-            b: l.b.as_ref().map(|b| upload(b.clone(), [n], dev)),
-        }
+        Self::from_host_owned(l.w.clone(), l.b.clone(), dev)
+    }
+
+    /// `from_host` taking the weight `[N, K]` by value (the search builds one per grid point).
+    /// On the CPU the `[K, N]` operand is a transposed view of the `[N, K]` upload: the CPU
+    /// backend's gemm reads strided operands directly, so no transposed copy is made. The GPU
+    /// backends get a contiguous `[K, N]`.
+    pub fn from_host_owned(w: HostTensor, b: Option<Vec<f32>>, dev: &B::Device) -> Self {
+        let (n, k) = w.dims2();
+        let w = if is_host_backend::<B>() { upload(w.data, [n, k], dev).transpose() } else { upload(w.transpose2().data, [k, n], dev) };
+        LinearB { w: LinearWeight::Dense(w), b: b.map(|b| upload(b, [n], dev)) }
     }
 
     /// From a quantized linear: packed INT4 on the GPU backends when the W4A16 kernels take its

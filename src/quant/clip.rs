@@ -95,26 +95,23 @@ pub fn clip_linear<B: Backend>(
         let rows = &w.data[r0 * k..r1 * k];
         // W rows [r0, r1) as per-group right operands [G, g, nb], each (row, group) clamped to
         // ±absmax·shrink and fake-quantized on the way (shrink None: the original weights).
-        // Groups fill their own [g, nb] slab in parallel; the values do not depend on the split.
+        // Groups fill their own [nb, g] slab in parallel (the values do not depend on the split);
+        // the [g, nb] operand is a transposed view of it, which the CPU gemm reads as it is.
         let to_groups = |shrink: Option<f32>| -> Tensor<B, 3> {
-            let mut buf = vec![0f32; groups * g * nb];
-            buf.par_chunks_mut(g * nb).enumerate().for_each(|(gi, slab)| {
-                let mut vals = vec![0f32; g];
-                for (ri, row) in rows.chunks(k).enumerate() {
+            let mut buf = vec![0f32; groups * nb * g];
+            buf.par_chunks_mut(nb * g).enumerate().for_each(|(gi, slab)| {
+                for (ri, (row, vals)) in rows.chunks(k).zip(slab.chunks_mut(g)).enumerate() {
                     vals.copy_from_slice(&row[gi * g..(gi + 1) * g]);
                     if let Some(shrink) = shrink {
                         let m = absmax[(r0 + ri) * groups + gi] * shrink;
                         for v in vals.iter_mut() {
                             *v = v.clamp(-m, m);
                         }
-                        fake_quantize_group(&mut vals, p.max_q());
-                    }
-                    for (j, &v) in vals.iter().enumerate() {
-                        slab[j * nb + ri] = v;
+                        fake_quantize_group(vals, p.max_q());
                     }
                 }
             });
-            upload(buf, [groups, g, nb], dev)
+            upload::<B, 3>(buf, [groups, nb, g], dev).swap_dims(1, 2)
         };
         let org = xg.clone().matmul(to_groups(None)); // [G, T', nb]
         let mut min_err = vec![f64::INFINITY; nb * groups];

@@ -241,8 +241,7 @@ pub fn search_group<B: Backend>(
                 let trial: Vec<(LinearKind, LinearB<B>)> = consumers
                     .iter()
                     .map(|(k, l)| {
-                        let w = scaled_fake_quant(&l.w, s, p);
-                        (*k, LinearB::from_host(&Linear { w, b: l.b.clone() }, dev))
+                        (*k, LinearB::from_host_owned(scaled_fake_quant(&l.w, s, p), l.b.clone(), dev))
                     })
                     .collect();
                 let b = block.with(&trial);
