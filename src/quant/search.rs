@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::quant::calibrate::map_chunks;
 use crate::quant::chunks::Chunks;
 use crate::quant::fold::normalize_scales;
-use crate::quant::int4::{fake_quantize_row, QuantParams};
+use crate::quant::int4::{scaled_fake_quantize_row, QuantParams};
 use crate::tensor::HostTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -58,17 +58,8 @@ pub fn scaled_fake_quant(w: &HostTensor, s: &[f64], p: QuantParams) -> HostTenso
     let sf: Vec<f32> = s.iter().map(|&v| v as f32).collect();
     let mut data = vec![0f32; w.data.len()];
     // One pass per row, rows in parallel (each row's arithmetic is independent of the thread
-    // count): scale the columns, fake-quantize, divide by s again. Dividing (not multiplying by
-    // 1/s) is what the reference does; keep it exact.
-    data.par_chunks_mut(k).zip(w.data.par_chunks(k)).for_each(|(out, row)| {
-        for ((o, &v), &f) in out.iter_mut().zip(row).zip(&sf) {
-            *o = v * f;
-        }
-        fake_quantize_row(out, p);
-        for (o, &f) in out.iter_mut().zip(&sf) {
-            *o /= f;
-        }
-    });
+    // count): scale the columns, fake-quantize, divide by s again.
+    data.par_chunks_mut(k).zip(w.data.par_chunks(k)).for_each(|(out, row)| scaled_fake_quantize_row(out, row, &sf, p));
     HostTensor { shape: w.shape.clone(), data }
 }
 
