@@ -35,8 +35,12 @@ test: fixtures
 	$(CARGO) test --release --workspace
 	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins --locked --target-dir target/fuzz-check
 
+# The CPU table (ceiling, eval, decode fp and AWQ, quantize), then the W4A16 kernel timings on wgpu
+# at SmolLM2's MLP shapes (lavapipe without a GPU: needs mesa-vulkan-drivers; its numbers time
+# the software rasterizer, not a GPU).
 bench: fixtures
 	$(AWQC) bench --model $(SMOL)
+	$(AWQC) bench-gpu --device wgpu --shapes 576x1536,1536x576 --batch 1,8 --group 64 --iters 5 --copy-mib 64 --matmul-dtype f32
 
 # Models larger than RAM (BENCHMARKS.md): a random 13B-shaped model (26 GB of f16 under out/),
 # quantized on 512 calibration tokens; about 1.5 h on 2 cores and 35 GB of disk.

@@ -30,6 +30,10 @@ pub struct Args {
     pub calib_samples: usize,
     #[arg(long, default_value_t = 64)]
     pub w_group_size: usize,
+    /// Tokens decoded (greedy, after a 128-token prompt) for the CPU decode rows of the fp and the
+    /// AWQ model; 0 skips them.
+    #[arg(long, default_value_t = 128)]
+    pub decode_tokens: usize,
     /// Size of the square f32 matmul that measures the ceiling.
     #[arg(long, default_value_t = 4096)]
     pub matmul_size: usize,
@@ -47,6 +51,30 @@ pub struct Row {
     /// Achieved GFLOP/s over the measured matmul ceiling.
     pub of_ceiling: Option<f64>,
     pub peak_rss_mib: f64,
+}
+
+/// The CPU decode row of the model at `dir`: `tokens` greedy tokens after a 128-token prompt
+/// (`awqc bench-decode --device cpu`'s loop). GFLOP/s counts the linears and the LM head, 2 flops
+/// per weight per token.
+fn decode_row(
+    rows: &mut Vec<Row>,
+    push: &impl Fn(&mut Vec<Row>, &str, f64, Option<f64>, Option<f64>, f64),
+    dir: &std::path::Path,
+    label: &str,
+    tokens: usize,
+    ceiling: f64,
+) -> Result<()> {
+    if tokens == 0 {
+        return Ok(());
+    }
+    use crate::cli::gpu::{decode_on, BenchDecodeArgs};
+    use crate::engine::device::DeviceKind;
+    let args = BenchDecodeArgs { model: dir.display().to_string(), device: DeviceKind::Cpu, prompt_tokens: 128, tokens, quant_policy: vec![0], cache_max_entry_count: 0.8 };
+    let r = decode_on::<CpuBackend>(Default::default(), dir, &args, DeviceKind::Cpu)?.remove(0);
+    // Weight bytes read per token are 4 per f32 weight on the CPU (INT4 is dequantized at load).
+    let gf = 2.0 * r.weight_bytes_per_token / 4.0 * r.decode_tokens_per_second / 1e9;
+    push(rows, &format!("decode {label} cpu: {tokens} tokens after 128"), r.decode_seconds, Some(r.decode_tokens_per_second), Some(gf), ceiling);
+    Ok(())
 }
 
 /// Peak resident set size of this process in MiB (VmHWM), and a reset of it (Linux).
@@ -163,6 +191,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let gf = n_tok * forward_flops_per_token(&lm.model.config, 512) / r.seconds / 1e9;
     push(&mut rows, &format!("eval fp {}x512 (ppl {:.3})", r.windows, r.ppl), r.seconds, Some(r.tokens_per_second), Some(gf), ceiling);
     drop(lm);
+    decode_row(&mut rows, &push, &model, "fp", a.decode_tokens, ceiling)?;
 
     // 3. Quantization, split by step.
     if a.calib_samples > 0 {
@@ -187,7 +216,6 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         crate::quant::qmodel::QuantSink::finish(sink)?;
         let total = t0.elapsed().as_secs_f64();
         pb.finish_and_clear();
-        let _ = std::fs::remove_dir_all(&out);
         let t = &rep.timings;
         let toks = rep.calib_tokens as f64;
         let label = format!("quantize AWQ g{} c4 {}x512", a.w_group_size, a.calib_samples);
@@ -205,6 +233,10 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             let r = Row { model: name.clone(), step, seconds: s, tokens_per_second: if s == total { Some(toks / total) } else { None }, gflops: gf, of_ceiling: gf.map(|g| g / ceiling), peak_rss_mib: peak_rss_mib() };
             rows.push(r);
         }
+        reset_peak_rss();
+        let decoded = decode_row(&mut rows, &push, &out, &format!("AWQ g{}", a.w_group_size), a.decode_tokens, ceiling);
+        let _ = std::fs::remove_dir_all(&out);
+        decoded?;
     }
 
     if json {

@@ -287,7 +287,7 @@ fn linear_bytes(l: &LinearB<impl Backend>) -> (f64, bool) {
     }
 }
 
-fn decode_on<B: Backend>(dev: B::Device, model: &Path, a: &BenchDecodeArgs, kind: DeviceKind) -> Result<Vec<DecodeBench>> {
+pub(crate) fn decode_on<B: Backend>(dev: B::Device, model: &Path, a: &BenchDecodeArgs, kind: DeviceKind) -> Result<Vec<DecodeBench>> {
     if a.prompt_tokens == 0 || a.tokens == 0 {
         return Err(Error::usage("--prompt-tokens and --tokens must be > 0"));
     }
