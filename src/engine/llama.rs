@@ -38,7 +38,7 @@ pub fn download<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 /// The weight of a projection.
 #[derive(Clone, Debug)]
 pub enum LinearWeight<B: Backend> {
-    /// Dense `[K, N]`.
+    /// Dense `[K, N]` (on the CPU a transposed view of the `[N, K]` upload, see `from_host_owned`).
     Dense(Tensor<B, 2>),
     /// Group-wise INT4 packed for the W4A16 kernels, in device memory (GPU backends only).
     Int4(W4Weights),
