@@ -71,25 +71,48 @@ pub fn round_half_even(x: f32) -> f32 {
     if a < TWO_23 { r } else { x }
 }
 
-/// Scale (already rounded to f16) and integer zero point of one group of weights.
-#[inline]
-pub fn group_params(vals: &[f32], max_q: u32) -> (f16, u8) {
-    let mut lo = f32::INFINITY;
-    let mut hi = f32::NEG_INFINITY;
-    for &v in vals {
-        lo = lo.min(v);
-        hi = hi.max(v);
+/// (min, max) of `v`, NaNs skipped, in eight independent lanes so that it vectorizes. Exact, like
+/// a fold of `f32::min` / `f32::max`: min and max do not round, and `x < lo` skips a NaN as
+/// `f32::min` does.
+#[inline(always)]
+fn min_max(v: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for j in 0..8 {
+            lo[j] = if c[j] < lo[j] { c[j] } else { lo[j] };
+            hi[j] = if c[j] > hi[j] { c[j] } else { hi[j] };
+        }
     }
+    for &x in chunks.remainder() {
+        lo[0] = if x < lo[0] { x } else { lo[0] };
+        hi[0] = if x > hi[0] { x } else { hi[0] };
+    }
+    let lo = lo.iter().fold(f32::INFINITY, |m, &x| if x < m { x } else { m });
+    let hi = hi.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    (lo, hi)
+}
+
+/// Scale (already rounded to f16) and integer zero point of one group of weights.
+#[inline(always)]
+pub fn group_params(vals: &[f32], max_q: u32) -> (f16, u8) {
+    let (lo, hi) = min_max(vals);
     let scale = f16::from_f32((hi - lo).max(1e-5) / max_q as f32);
     let s = scale.to_f32();
     let zero = (-round_half_even(lo / s)).clamp(0.0, max_q as f32);
     (scale, zero as u8)
 }
 
+/// The code of one weight as an f32 (an integer in [0, max_q]): `clamp(round(w / scale) + zero)`.
+#[inline(always)]
+fn code(w: f32, scale: f32, zero: f32, max_q: f32) -> f32 {
+    (round_half_even(w / scale) + zero).clamp(0.0, max_q)
+}
+
 /// Integer code of one weight given its group's f16 scale and zero point.
 #[inline]
 pub fn quantize_value(w: f32, scale: f32, zero: u8, max_q: u32) -> u8 {
-    (round_half_even(w / scale) + zero as f32).clamp(0.0, max_q as f32) as u8
+    code(w, scale, zero as f32, max_q as f32) as u8
 }
 
 /// Dequantized value of one code.
@@ -186,43 +209,18 @@ pub fn fake_quantize_inplace(w: &mut [f32], k: usize, p: QuantParams) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fake quantization, the search's and the clip's inner loop. Same arithmetic as `group_params` +
-// `quantize_value` + `dequantize_value`, written so that it vectorizes: the min / max in eight
-// independent lanes (exact: min and max do not round, and `v < lo` skips a NaN as `f32::min`
-// does), and q kept as an f32 (an integer in [0, max_q], so `(q - zero)·scale` is the same value
-// as through the u8 code). On x86-64 a copy compiled for AVX2 runs when the CPU has it (checked
-// once, then cached by std): 8 lanes instead of the baseline's 4. AVX2 has no FMA and Rust never
-// contracts a*b+c, so both copies give the same bits.
-
-/// (min, max) of `v`, NaNs skipped.
-#[inline(always)]
-fn min_max(v: &[f32]) -> (f32, f32) {
-    let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
-    let mut chunks = v.chunks_exact(8);
-    for c in &mut chunks {
-        for j in 0..8 {
-            lo[j] = if c[j] < lo[j] { c[j] } else { lo[j] };
-            hi[j] = if c[j] > hi[j] { c[j] } else { hi[j] };
-        }
-    }
-    for &x in chunks.remainder() {
-        lo[0] = if x < lo[0] { x } else { lo[0] };
-        hi[0] = if x > hi[0] { x } else { hi[0] };
-    }
-    let lo = lo.iter().fold(f32::INFINITY, |m, &x| if x < m { x } else { m });
-    let hi = hi.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-    (lo, hi)
-}
+// Fake quantization, the search's and the clip's inner loop: `group_params` and `code` as the
+// packer uses them, with the code kept as an f32 (an integer in [0, max_q], so `(q - zero)·scale`
+// is the same value as through the u8 code) so that the loop vectorizes. On x86-64 a copy compiled
+// for AVX2 runs when the CPU has it (checked once, then cached by std): 8 lanes instead of the
+// baseline's 4. AVX2 has no FMA and Rust never contracts a*b+c, so both copies give the same bits.
 
 #[inline(always)]
 fn fq_group(vals: &mut [f32], max_q: u32) {
-    let (lo, hi) = min_max(vals);
-    let mq = max_q as f32;
-    let s = f16::from_f32((hi - lo).max(1e-5) / mq).to_f32();
-    let z = (-round_half_even(lo / s)).clamp(0.0, mq);
+    let (scale, zero) = group_params(vals, max_q);
+    let (s, z, mq) = (scale.to_f32(), zero as f32, max_q as f32);
     for v in vals.iter_mut() {
-        let q = (round_half_even(*v / s) + z).clamp(0.0, mq);
-        *v = (q - z) * s;
+        *v = (code(*v, s, z, mq) - z) * s;
     }
 }
 
@@ -262,16 +260,10 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    std::arch::is_x86_feature_detected!("avx2")
 }
 
 /// Fake quantization of one group in place: `(q - z)·s` with the group's own scale and zero.
@@ -372,9 +364,14 @@ mod tests {
         assert_eq!(fq, ql.dequantize().data);
     }
 
-    /// The spec path, value by value: `group_params`, `quantize_value`, `dequantize_value`.
+    /// The spec path, value by value through the u8 code, with the group's min / max from plain
+    /// `f32::min` / `f32::max` folds (independent of the lane-wise `min_max`).
     fn spec_fake_quant(vals: &[f32], max_q: u32) -> Vec<f32> {
-        let (s, z) = group_params(vals, max_q);
+        let lo = vals.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = vals.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let s = f16::from_f32((hi - lo).max(1e-5) / max_q as f32);
+        let z = (-round_half_even(lo / s.to_f32())).clamp(0.0, max_q as f32) as u8;
+        assert_eq!(group_params(vals, max_q), (s, z), "group_params of {vals:?}");
         vals.iter().map(|&v| dequantize_value(quantize_value(v, s.to_f32(), z, max_q), s, z)).collect()
     }
 
