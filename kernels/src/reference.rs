@@ -2,7 +2,8 @@
 //! kernels and of the host-side repacking: what each kernel is checked against, by this crate's
 //! tests (on wgpu) and by `awqc kernel-test` (on CUDA, from the release binary). Inputs are the f32
 //! values the device sees (already rounded through f16 when they are uploaded as f16: see
-//! [`round_f16`]); outputs are f64. Also the deterministic test-data generator both use.
+//! [`round_f16`]); outputs are f64. Also the deterministic test-data generator and the error
+//! metric both use.
 
 use half::f16;
 use std::ops::Range;
@@ -31,6 +32,15 @@ impl Rng {
     pub fn vec(&mut self, len: usize, lo: f64, hi: f64) -> Vec<f32> {
         (0..len).map(|_| self.uniform(lo, hi) as f32).collect()
     }
+}
+
+/// max |a - b| of a device result against its reference; infinite when the lengths differ (so a
+/// wrong-sized result fails any bound without a panic).
+pub fn max_abs(a: &[f32], b: &[f64]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max)
 }
 
 /// Rounds through f16 (what an f16 upload stores).

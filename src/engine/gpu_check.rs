@@ -10,7 +10,7 @@ use awqc_kernels::cubecl::prelude::{ComputeClient, Runtime};
 use awqc_kernels::kv_cache::{kv_append, BlockTables, KvCache, KvCacheKind, KvCacheLayout};
 use awqc_kernels::kv_quant::{dequantize_row_ref, kv_dequantize, kv_quantize, quantize_row_ref, unpack, KvBits};
 use awqc_kernels::rope::{inv_freq, rope_inplace, RopeLayout, RopeTable};
-use awqc_kernels::reference::{self, round_f16, Rng, W4Layer};
+use awqc_kernels::reference::{self, max_abs, round_f16, Rng, W4Layer};
 use awqc_kernels::w4a16::{repack_turbomind, w4a16_dequantize, w4a16_gemm, w4a16_gemv};
 use awqc_kernels::{Elem, GpuTensor, KernelError};
 use serde::Serialize;
@@ -34,13 +34,6 @@ fn values(rng: &mut Rng, n: usize, lo: f64, hi: f64, elem: Elem) -> Vec<f32> {
     } else {
         v
     }
-}
-
-fn max_abs(a: &[f32], b: &[f64]) -> f64 {
-    if a.len() != b.len() {
-        return f64::INFINITY;
-    }
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max)
 }
 
 fn rel(a: &[f32], b: &[f64]) -> f64 {

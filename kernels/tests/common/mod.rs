@@ -1,6 +1,6 @@
-//! Shared test helpers: one wgpu client per test binary, error metrics; the PRNG and f16 rounding
-//! come from `awqc_kernels::reference`.
-#![allow(dead_code)]
+//! Shared test helpers: one wgpu client per test binary, rel_l2; the PRNG, f16 rounding and
+//! max_abs come from `awqc_kernels::reference`.
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
 use cubecl::prelude::*;
 use cubecl::wgpu::WgpuRuntime;
@@ -30,7 +30,7 @@ pub fn assert_kernels_built() {
     }
 }
 
-pub use awqc_kernels::reference::{round_f16, Rng};
+pub use awqc_kernels::reference::{max_abs, round_f16, Rng};
 
 /// ||a - b||_2 / ||b||_2 in f64.
 pub fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
@@ -40,8 +40,3 @@ pub fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
     (num / den).sqrt()
 }
 
-/// max |a - b|.
-pub fn max_abs(a: &[f32], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max)
-}
