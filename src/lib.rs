@@ -16,5 +16,7 @@ pub mod engine;
 pub mod formats;
 pub mod model;
 pub mod quant;
+#[cfg(feature = "engine")]
+pub mod serve;
 
 pub use error::{Error, ErrorKind, Result};

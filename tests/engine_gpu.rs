@@ -143,7 +143,7 @@ fn greedy_generation_matches_cpu() {
     let qm = quantized_model(RopeScaling::None, 4096);
     let (cpu, gpu) = (cpu_model(&qm), gpu_model(&qm));
     let prompt = tokens(9, 7, 4, 72);
-    let greedy = SamplerConfig { temperature: 0.0, top_p: 1.0, seed: 0 };
+    let greedy = SamplerConfig { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0 };
     for policy in [QuantPolicy::None, QuantPolicy::Int8] {
         let (want, _) = generate(&cpu, &prompt, 12, &[], &greedy, policy, 0.5, |_| {}).unwrap();
         let mut streamed = Vec::new();

@@ -52,6 +52,9 @@ pub struct Args {
     /// Override rope_scaling: `none`, `linear:F`, `dynamic:F` (NTK), `yarn:F`.
     #[arg(long)]
     pub rope_scaling: Option<String>,
+    /// CPU: run the dequantized f32 model instead of the packed INT4 kernels (a cross-check).
+    #[arg(long)]
+    pub dequantize: bool,
 }
 
 /// Parse `--rope-scaling`.
@@ -168,6 +171,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         load: LoadOptions {
             max_position_embeddings: a.max_position_embeddings,
             rope_scaling: a.rope_scaling.as_deref().map(parse_rope_flag).transpose()?,
+            dequantize: a.dequantize,
         },
         kv_policy: Some(crate::engine::kv_cache::QuantPolicy::from_flag(a.quant_policy)?),
     };

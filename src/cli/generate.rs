@@ -40,12 +40,15 @@ pub struct Args {
     pub cache_max_entry_count: f64,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
+    /// CPU: run the dequantized f32 model instead of the packed INT4 kernels (a cross-check).
+    #[arg(long)]
+    pub dequantize: bool,
 }
 
 fn run_on<B: Backend>(dev: B::Device, model: &Path, tok: &Tokenizer, ids: &[u32], a: &Args, json: bool) -> Result<(String, GenStats)> {
-    let lm = load_model::<B>(model, &LoadOptions::default(), &dev)?;
+    let lm = load_model::<B>(model, &LoadOptions { dequantize: a.dequantize, ..Default::default() }, &dev)?;
     let policy = QuantPolicy::from_flag(a.quant_policy)?;
-    let sampler = SamplerConfig { temperature: a.temperature, top_p: a.top_p, seed: a.seed };
+    let sampler = SamplerConfig { temperature: a.temperature, top_p: a.top_p, top_k: 0, seed: a.seed };
     let eos: Vec<u32> = tok.eos_id().into_iter().chain(lm.model.config.eos_token_id).collect();
     let mut generated: Vec<u32> = Vec::new();
     let mut printed = 0usize;

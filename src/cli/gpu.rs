@@ -299,6 +299,15 @@ pub(crate) fn decode_on<B: Backend>(dev: B::Device, model: &Path, a: &BenchDecod
     let load_seconds = t0.elapsed().as_secs_f64();
     let c = &m.config;
     let (mut bytes, mut int4, mut dense) = ((c.hidden_size * c.vocab_size * 4) as f64, 0, 0);
+    if let Some(h) = &m.host {
+        // The host model (CPU): its resident weight bytes, all read once per decoded token.
+        bytes = h.weight_bytes() as f64;
+        let (q, d) = h.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]).fold((0, 0), |(q, d), lin| match lin.w {
+            crate::engine::host::HostWeight::Int4(_) => (q + 1, d),
+            crate::engine::host::HostWeight::F32(_) => (q, d + 1),
+        });
+        (int4, dense) = (q, d);
+    }
     for l in &m.layers {
         for lin in [&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.o, &l.mlp.gate, &l.mlp.up, &l.mlp.down] {
             let (b, packed) = linear_bytes(lin);
@@ -312,7 +321,7 @@ pub(crate) fn decode_on<B: Backend>(dev: B::Device, model: &Path, a: &BenchDecod
     }
     let v = c.vocab_size as u64;
     let prompt: Vec<u32> = (0..a.prompt_tokens as u64).map(|i| ((i * 7919 + 3) % v) as u32).collect();
-    let greedy = crate::engine::generate::SamplerConfig { temperature: 0.0, top_p: 1.0, seed: 0 };
+    let greedy = crate::engine::generate::SamplerConfig { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0 };
     let mut out = Vec::new();
     for (flag, policy) in policies {
         let mut cache = m.new_cache(policy, a.cache_max_entry_count, a.prompt_tokens + a.tokens)?;

@@ -8,6 +8,7 @@
 //!   only the logits come back.
 
 use crate::engine::gpu::{self, DeviceKv, RopeArgs};
+use crate::engine::host::StepItem;
 use crate::engine::kv_cache::{host_free_bytes, CacheLayout, KvCache, QuantPolicy, SeqState, BLOCK_LEN};
 use crate::engine::llama::{download, rms_norm, upload, Llama};
 use crate::error::{Error, Result};
@@ -30,6 +31,7 @@ fn rope_at(x: &mut [f32], p: usize, inv_freq: &[f64], scale: f64) {
 impl<B: Backend> Llama<B> {
     /// Make the prefill path read K/V as a cache with this policy would return them.
     pub fn set_kv_policy(&mut self, p: QuantPolicy) {
+        self.host_kv_bits = p.bits();
         for l in &mut self.layers {
             l.attn.kv_bits = p.bits();
         }
@@ -83,6 +85,9 @@ impl<B: Backend> Llama<B> {
         self.check_token(token)?;
         if cache.is_device() {
             return self.decode_step_device(cache, seq, token);
+        }
+        if let Some(host) = &self.host {
+            return Ok(host.step(cache, &mut [StepItem { seq, tokens: &[token] }])?.remove(0));
         }
         let c = &self.config;
         cache.reserve(seq)?;
@@ -148,6 +153,9 @@ impl<B: Backend> Llama<B> {
         if tokens.is_empty() {
             return Err(Error::usage("the prompt is empty after tokenization"));
         }
+        if let (Some(host), false) = (&self.host, cache.is_device()) {
+            return Ok(host.step(cache, &mut [StepItem { seq, tokens }])?.remove(0));
+        }
         if !cache.is_device() || seq.len != 0 || tokens.len() == 1 {
             let mut logits = Vec::new();
             for &t in tokens {
@@ -172,6 +180,27 @@ impl<B: Backend> Llama<B> {
         let x = self.layers_on_device(self.embed(tokens, 1, n), kv, &rope, &slots, Attend::Prefill(bits))?;
         let h = self.config.hidden_size;
         self.logits_of_last(x.slice([0..1, n - 1..n, 0..h]))
+    }
+
+    /// The batched step (continuous batching): every item's new tokens (a decode token or a
+    /// prompt chunk) appended to its sequence; returns the logits `[V]` after each item's last
+    /// token. On the CPU this is one pass over the weights for all items (`HostLlama::step`);
+    /// the GPU backends still run the items one after another (prefill / decode per sequence).
+    pub fn step(&self, cache: &mut KvCache, items: &mut [StepItem]) -> Result<Vec<Vec<f32>>> {
+        if let (Some(host), false) = (&self.host, cache.is_device()) {
+            return host.step(cache, items);
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for it in items.iter_mut() {
+            out.push(if it.seq.len == 0 { self.prefill(cache, it.seq, it.tokens)? } else {
+                let mut l = Vec::new();
+                for &t in it.tokens {
+                    l = self.decode_step(cache, it.seq, t)?;
+                }
+                l
+            });
+        }
+        Ok(out)
     }
 
     /// [`Llama::decode_step`] on a device cache.

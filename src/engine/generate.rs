@@ -15,6 +15,8 @@ pub struct SamplerConfig {
     pub temperature: f32,
     /// Nucleus sampling mass in (0, 1].
     pub top_p: f32,
+    /// Keep only the `top_k` most likely tokens before top-p (0 = no limit).
+    pub top_k: usize,
     pub seed: u64,
 }
 
@@ -31,7 +33,8 @@ impl SamplerConfig {
 }
 
 /// Pick the next token. Greedy takes the first maximum; sampling draws from the smallest set of
-/// most likely tokens whose probability reaches `top_p`, renormalised (ties broken by id).
+/// most likely tokens (at most `top_k` of them when set) whose probability reaches `top_p`,
+/// renormalised (ties broken by id).
 pub fn sample(logits: &[f32], cfg: &SamplerConfig, rng: &mut SplitMix) -> u32 {
     if cfg.temperature == 0.0 {
         let mut best = 0;
@@ -47,6 +50,9 @@ pub fn sample(logits: &[f32], cfg: &SamplerConfig, rng: &mut SplitMix) -> u32 {
     let mut p: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l as f64 - m) / t).exp())).collect();
     let z: f64 = p.iter().map(|x| x.1).sum();
     p.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if cfg.top_k > 0 {
+        p.truncate(cfg.top_k);
+    }
     let mut kept = 0;
     let mut mass = 0.0;
     for (_, w) in &p {
@@ -158,19 +164,29 @@ mod tests {
     #[test]
     fn greedy_and_top_p() {
         let logits = [0.0f32, 3.0, 1.0, 3.0];
-        let g = SamplerConfig { temperature: 0.0, top_p: 1.0, seed: 0 };
+        let g = SamplerConfig { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0 };
         assert_eq!(sample(&logits, &g, &mut SplitMix(1)), 1);
         // top_p tiny: only the most likely token (lowest id among ties) can be drawn.
-        let s = SamplerConfig { temperature: 1.0, top_p: 1e-6, seed: 0 };
+        let s = SamplerConfig { temperature: 1.0, top_p: 1e-6, top_k: 0, seed: 0 };
         for seed in 0..20 {
             assert_eq!(sample(&logits, &s, &mut SplitMix(seed)), 1);
         }
         // Same seed, same draws.
-        let s = SamplerConfig { temperature: 1.0, top_p: 0.9, seed: 0 };
+        let s = SamplerConfig { temperature: 1.0, top_p: 0.9, top_k: 0, seed: 0 };
         let a: Vec<u32> = { let mut r = SplitMix(7); (0..50).map(|_| sample(&logits, &s, &mut r)).collect() };
         let b: Vec<u32> = { let mut r = SplitMix(7); (0..50).map(|_| sample(&logits, &s, &mut r)).collect() };
         assert_eq!(a, b);
         assert!(a.iter().all(|&t| t != 0), "token 0 is outside the 0.9 nucleus");
+        // top_k 1 is greedy whatever the temperature (ties: lowest id).
+        let k1 = SamplerConfig { temperature: 5.0, top_p: 1.0, top_k: 1, seed: 0 };
+        for seed in 0..20 {
+            assert_eq!(sample(&logits, &k1, &mut SplitMix(seed)), 1);
+        }
+        // top_k 2 never draws outside the two best tokens (1 and 3).
+        let k2 = SamplerConfig { temperature: 5.0, top_p: 1.0, top_k: 2, seed: 0 };
+        let mut r = SplitMix(3);
+        let draws: Vec<u32> = (0..200).map(|_| sample(&logits, &k2, &mut r)).collect();
+        assert!(draws.iter().all(|&t| t == 1 || t == 3) && draws.contains(&1) && draws.contains(&3));
     }
 
     #[test]

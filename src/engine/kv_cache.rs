@@ -141,6 +141,8 @@ pub struct KvCache {
     blocks: Vec<Block>,
     /// The device cache (GPU backends); its blocks are handed out in order.
     device: Option<crate::engine::gpu::DeviceKv>,
+    /// Blocks given back by finished sequences, handed out again before new ones (LIFO).
+    free: Vec<usize>,
 }
 
 /// A sequence in the cache: its block table and length, and its RoPE frequencies, fixed at the
@@ -164,13 +166,13 @@ impl SeqState {
 
 impl KvCache {
     pub fn new(layout: CacheLayout, capacity: usize) -> Self {
-        KvCache { layout, capacity, blocks: Vec::new(), device: None }
+        KvCache { layout, capacity, blocks: Vec::new(), device: None, free: Vec::new() }
     }
 
     /// A cache in device memory. `capacity` is the budget's block count; only the blocks of
     /// `kv` (allocated up front, at most `capacity`) can be handed out.
     pub fn on_device(layout: CacheLayout, capacity: usize, kv: crate::engine::gpu::DeviceKv) -> Self {
-        KvCache { layout, capacity, blocks: Vec::new(), device: Some(kv) }
+        KvCache { layout, capacity, blocks: Vec::new(), device: Some(kv), free: Vec::new() }
     }
 
     /// The device cache, when this is one.
@@ -198,18 +200,37 @@ impl KvCache {
         }
     }
 
+    /// The most blocks this cache can hand out (the budget, and on the device what was allocated).
+    pub fn limit(&self) -> usize {
+        match &self.device {
+            Some(d) => d.cache.num_blocks.min(self.capacity),
+            None => self.capacity,
+        }
+    }
+
+    /// Blocks that can still be handed out.
+    pub fn free_blocks(&self) -> usize {
+        self.limit().saturating_sub(self.blocks_in_use())
+    }
+
+    /// New blocks `seq` needs to grow by `n` tokens.
+    pub fn blocks_needed(seq: &SeqState, n: usize) -> usize {
+        (seq.len + n).div_ceil(BLOCK_LEN).saturating_sub(seq.blocks.len())
+    }
+
     /// Make room for one more token of `seq` (allocates a block at block boundaries).
     pub fn reserve(&mut self, seq: &mut SeqState) -> Result<()> {
         if seq.len % BLOCK_LEN == 0 && seq.len / BLOCK_LEN == seq.blocks.len() {
-            let limit = match &self.device {
-                Some(d) => d.cache.num_blocks.min(self.capacity),
-                None => self.capacity,
-            };
+            let limit = self.limit();
             if self.blocks_in_use() >= limit {
                 return Err(Error::usage(format!(
                     "KV cache full: {limit} blocks of {BLOCK_LEN} tokens ({} tokens); raise --cache-max-entry-count",
                     limit * BLOCK_LEN
                 )));
+            }
+            if let Some(b) = self.free.pop() {
+                seq.blocks.push(b);
+                return Ok(());
             }
             match &mut self.device {
                 Some(d) => {
@@ -223,6 +244,14 @@ impl KvCache {
             }
         }
         Ok(())
+    }
+
+    /// Give a finished (or aborted) sequence's blocks back; `seq` is left empty. The blocks'
+    /// contents are overwritten before they are read again (a position is written before any
+    /// query can see it).
+    pub fn release(&mut self, seq: &mut SeqState) {
+        self.free.extend(seq.blocks.drain(..).rev());
+        seq.len = 0;
     }
 
     /// Store K (already RoPE'd) and V rows `[kv_heads·head_dim]` of layer `layer` at position
@@ -298,10 +327,11 @@ impl KvCache {
     }
 
     pub fn blocks_in_use(&self) -> usize {
-        match &self.device {
+        let handed_out = match &self.device {
             Some(d) => d.used,
             None => self.blocks.len(),
-        }
+        };
+        handed_out - self.free.len()
     }
 }
 
@@ -389,5 +419,14 @@ mod tests {
             s.len += 1;
         }
         assert!(c.reserve(&mut s).unwrap_err().msg.contains("KV cache full"));
+        // Released blocks are handed out again.
+        c.release(&mut s);
+        assert_eq!((c.blocks_in_use(), c.free_blocks(), s.blocks.len(), s.len), (0, 1, 0, 0));
+        let mut s2 = SeqState::default();
+        c.reserve(&mut s2).unwrap();
+        assert_eq!((s2.blocks.clone(), c.blocks_in_use()), (vec![0], 1));
+        assert_eq!(KvCache::blocks_needed(&s2, 64), 0);
+        s2.len = 1;
+        assert_eq!(KvCache::blocks_needed(&s2, 64), 1);
     }
 }

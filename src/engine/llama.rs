@@ -412,6 +412,13 @@ pub struct Llama<B: Backend> {
     pub rope: Rope,
     pub config: ModelConfig,
     pub device: B::Device,
+    /// On the CPU backend, inference models hold their weights here (packed INT4 for quantized
+    /// checkpoints) and every forward, prefill and decode step runs on the host (`host.rs`);
+    /// `embed`, `layers` and `lm_head` are then empty. `None`: the burn modules above are used
+    /// (GPU backends, the quantizer's checks, `--dequantize`).
+    pub host: Option<std::sync::Arc<crate::engine::host::HostLlama>>,
+    /// KV-cache bits the host path's prefill reads K/V through (`set_kv_policy`).
+    pub host_kv_bits: Option<u32>,
 }
 
 impl<B: Backend> Llama<B> {
@@ -461,6 +468,24 @@ impl<B: Backend> Llama<B> {
             rope: Rope::from_config(c),
             config: c.clone(),
             device: dev.clone(),
+            host: None,
+            host_kv_bits: None,
+        }
+    }
+
+    /// Wrap a host model (CPU inference): every forward and decode step runs in `host`.
+    pub fn from_host_model(host: crate::engine::host::HostLlama, dev: &B::Device) -> Self {
+        let c = host.config.clone();
+        Llama {
+            embed: Tensor::zeros([1, 1], dev),
+            layers: Vec::new(),
+            norm: Tensor::zeros([1], dev),
+            lm_head: Tensor::zeros([1, 1], dev),
+            rope: Rope::from_config(&c),
+            config: c,
+            device: dev.clone(),
+            host: Some(std::sync::Arc::new(host)),
+            host_kv_bits: None,
         }
     }
 
@@ -485,6 +510,11 @@ impl<B: Backend> Llama<B> {
 
     /// Logits `[B, T, V]`.
     pub fn forward(&self, ids: &[u32], b: usize, t: usize) -> Tensor<B, 3> {
+        if let Some(host) = &self.host {
+            // Token ids are checked by the callers (ppl::window_nll); a failure here is a bug.
+            let logits = host.forward_logits(ids, b, t, self.host_kv_bits).expect("token ids checked by the caller");
+            return upload(logits, [b, t, self.config.vocab_size], &self.device);
+        }
         let h = self.hidden(ids, b, t);
         let v = self.config.vocab_size;
         h.reshape([b * t, self.config.hidden_size]).matmul(self.lm_head.clone()).reshape([b, t, v])

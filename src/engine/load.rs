@@ -1,8 +1,10 @@
 //! Load any model awqc can read into the engine: a full-precision Hugging Face directory, an
 //! AutoAWQ-GEMM checkpoint, or a TurboMind workspace. Quantized weights stay packed INT4 on the
-//! GPU backends (W4A16 kernels) and are dequantized on the host for the CPU. AutoAWQ checkpoints
+//! GPU backends (W4A16 kernels) and on the CPU (the host model's INT4 kernels; `--dequantize`
+//! gives the old f32 burn model). AutoAWQ checkpoints
 //! are read one layer at a time.
 
+use crate::engine::host::HostLlama;
 use crate::engine::llama::Llama;
 use crate::error::{Error, Result};
 use crate::model::arch;
@@ -46,6 +48,9 @@ pub fn detect_format(path: &Path) -> Result<ModelFormat> {
 pub struct LoadOptions {
     pub max_position_embeddings: Option<usize>,
     pub rope_scaling: Option<RopeScaling>,
+    /// CPU: build the burn model with f32 (dequantized) weights instead of the host model with
+    /// packed INT4 weights (`--dequantize`, the cross-check of the INT4 kernels).
+    pub dequantize: bool,
 }
 
 pub struct LoadedModel<B: Backend> {
@@ -67,6 +72,8 @@ fn apply_overrides(mut c: ModelConfig, o: &LoadOptions) -> ModelConfig {
 
 pub fn load_model<B: Backend>(path: &Path, opts: &LoadOptions, dev: &B::Device) -> Result<LoadedModel<B>> {
     let format = detect_format(path)?;
+    // The CPU runs inference on the host model unless asked for the dequantized burn model.
+    let host = crate::engine::llama::is_host_backend::<B>() && !opts.dequantize;
     let model = match format {
         ModelFormat::Hf => {
             let c = ModelConfig::from_file(&path.join("config.json"))?;
@@ -74,10 +81,11 @@ pub fn load_model<B: Backend>(path: &Path, opts: &LoadOptions, dev: &B::Device) 
             let g = arch::load_globals(&repo, &c)?;
             let c2 = apply_overrides(c.clone(), opts);
             let pb = crate::progress::bar(c.num_hidden_layers as u64, "load");
-            let m = Llama::from_host(&c2, &g, |i| {
+            let layer = |i| {
                 pb.inc(1);
                 arch::load_layer(&repo, &c, i)
-            }, dev)?;
+            };
+            let m = if host { Llama::from_host_model(HostLlama::from_dense(&c2, &g, layer)?, dev) } else { Llama::from_host(&c2, &g, layer, dev)? };
             pb.finish_and_clear();
             m
         }
@@ -85,17 +93,24 @@ pub fn load_model<B: Backend>(path: &Path, opts: &LoadOptions, dev: &B::Device) 
             let r = crate::formats::awq_gemm::AwqReader::open(path)?;
             let c2 = apply_overrides(r.config().clone(), opts);
             let pb = crate::progress::bar(c2.num_hidden_layers as u64, "load");
-            let m = Llama::from_quantized(&c2, &r.globals()?, |i| {
+            let layer = |i| {
                 pb.inc(1);
                 r.layer(i)
-            }, dev)?;
+            };
+            let g = r.globals()?;
+            let m = if host { Llama::from_host_model(HostLlama::from_quantized(&c2, &g, layer)?, dev) } else { Llama::from_quantized(&c2, &g, layer, dev)? };
             pb.finish_and_clear();
             m
         }
         ModelFormat::Turbomind => {
             let qm = crate::formats::turbomind::read_turbomind(path)?;
             let c2 = apply_overrides(qm.config.clone(), opts);
-            Llama::from_quantized(&c2, &qm.globals, |i| qm.layers.get(i).cloned().ok_or_else(|| Error::input(path.display(), format!("layer {i} is missing"))), dev)?
+            let layer = |i: usize| qm.layers.get(i).cloned().ok_or_else(|| Error::input(path.display(), format!("layer {i} is missing")));
+            if host {
+                Llama::from_host_model(HostLlama::from_quantized(&c2, &qm.globals, layer)?, dev)
+            } else {
+                Llama::from_quantized(&c2, &qm.globals, layer, dev)?
+            }
         }
     };
     Ok(LoadedModel { model, format, tokenizer_dir: path.to_path_buf() })

@@ -1,6 +1,7 @@
 //! The inference engine: the decoder as burn tensors (generic over CPU, CUDA and wgpu backends;
 //! the GPU backends run the CubeCL kernels, `gpu.rs`), RoPE and its scaling variants, the block
-//! KV cache, decoding and generation, perplexity, device selection.
+//! KV cache, decoding and generation, perplexity, device selection. On the CPU, inference runs
+//! on the host model (`host.rs`: packed INT4 weights, `int4_cpu.rs` kernels, the batched step).
 pub mod attention_cpu;
 pub mod decode;
 pub mod device;
@@ -8,6 +9,8 @@ pub mod generate;
 pub mod golden;
 pub mod gpu;
 pub mod gpu_check;
+pub mod host;
+pub mod int4_cpu;
 pub mod kv_cache;
 pub mod llama;
 pub mod load;

@@ -1,0 +1,436 @@
+//! The CPU inference model: every weight and every step on the host, no tensor library in the
+//! loop. Quantized checkpoints stay packed INT4 (`int4_cpu` kernels) with an f16 embedding / LM
+//! head; full-precision models keep f32 weights (the `gemm` crate). `Llama<B>` on the CPU backend
+//! delegates to this for evaluation and decoding (see `Llama::host`).
+//!
+//! The one decoding entry point is [`HostLlama::step`]: several sequences, each with one or more
+//! new tokens (a decode token, or a chunk of its prompt), go through the model in **one pass over
+//! the weights**: their rows are stacked into one `[M, H]` activation and every projection is one
+//! `[M, K]·[K, N]` product. Attention is per sequence over its block table in the KV cache.
+//!
+//! Shapes: `M` stacked rows, `H` hidden, `Hq`/`Hkv` query/KV heads, `D` head_dim, `I`
+//! intermediate, `V` vocab. All activations are row-major `[M, width]` `Vec<f32>`.
+//!
+//! Batch invariance: each row's result does not depend on which other rows share the step (norms,
+//! RoPE, attention and the INT4 / f16 kernels reduce every output in a fixed order per row), so a
+//! greedy request decodes the same tokens alone or among many. The f32 path of full-precision
+//! models goes through `gemm`, whose blocking may depend on M.
+
+use crate::engine::attention_cpu::{causal_attention, exp_neg, silu_mul, AttnShape};
+use crate::engine::int4_cpu::{self, F16Matrix, PackedInt4};
+use crate::engine::kv_cache::{KvCache, SeqState};
+use crate::engine::rope::Rope;
+use crate::error::{Error, Result};
+use crate::model::arch::{GlobalWeights, LayerWeights, Linear};
+use crate::model::config::ModelConfig;
+use crate::quant::int4::QuantizedLinear;
+use crate::quant::qmodel::QuantizedLayer;
+use rayon::prelude::*;
+
+/// A projection's weight on the host, `[N, K]` (nn.Linear orientation).
+pub enum HostWeight {
+    F32(Vec<f32>),
+    Int4(PackedInt4),
+}
+
+/// `y = x·Wᵀ + b`.
+pub struct HostLinear {
+    pub n: usize,
+    pub k: usize,
+    pub w: HostWeight,
+    pub b: Option<Vec<f32>>,
+}
+
+impl HostLinear {
+    pub fn from_dense(l: &Linear) -> Self {
+        let (n, k) = l.w.dims2();
+        HostLinear { n, k, w: HostWeight::F32(l.w.data.clone()), b: l.b.clone() }
+    }
+
+    pub fn from_quantized(l: &QuantizedLinear) -> Result<Self> {
+        Ok(HostLinear { n: l.n, k: l.k, w: HostWeight::Int4(PackedInt4::from_quantized(l)?), b: l.bias.clone() })
+    }
+
+    /// Resident bytes of the weight.
+    pub fn bytes(&self) -> usize {
+        let w = match &self.w {
+            HostWeight::F32(w) => w.len() * 4,
+            HostWeight::Int4(p) => p.bytes(),
+        };
+        w + self.b.as_ref().map_or(0, |b| b.len() * 4)
+    }
+
+    /// `x [M, K] -> [M, N]`
+    pub fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
+        debug_assert_eq!(x.len(), m * self.k);
+        let mut y = vec![0f32; m * self.n];
+        match &self.w {
+            HostWeight::F32(w) => matmul_f32_nt(x, w, &mut y, m, self.k, self.n),
+            HostWeight::Int4(p) => int4_cpu::int4_matmul(x, m, p, &mut y),
+        }
+        if let Some(b) = &self.b {
+            y.par_chunks_mut(self.n).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+        }
+        y
+    }
+}
+
+/// `y[M, N] = x[M, K] · w[N, K]ᵀ` with the `gemm` crate (w read through a transposed view).
+fn matmul_f32_nt(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
+    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n);
+    let par = if m * n * k >= 1 << 16 { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
+    // SAFETY: the extents and strides below describe exactly the asserted slice lengths, and y
+    // aliases neither x nor w.
+    unsafe {
+        gemm::gemm(
+            m, n, k, y.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1,
+            0.0f32, 1.0f32, false, false, false, par,
+        );
+    }
+}
+
+/// An embedding table `[V, H]`, also the LM head when tied (logits = h·Eᵀ).
+pub enum Table {
+    F32(Vec<f32>),
+    /// fp16 checkpoints (AutoAWQ / TurboMind store these tensors as f16: kept without loss).
+    F16(F16Matrix),
+}
+
+impl Table {
+    fn row(&self, i: usize, h: usize, out: &mut [f32]) {
+        match self {
+            Table::F32(w) => out.copy_from_slice(&w[i * h..(i + 1) * h]),
+            Table::F16(w) => w.row_f32(i, out),
+        }
+    }
+    /// `x [M, H] -> [M, V]`
+    fn logits(&self, x: &[f32], m: usize, h: usize, v: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * v];
+        match self {
+            Table::F32(w) => matmul_f32_nt(x, w, &mut y, m, h, v),
+            Table::F16(w) => int4_cpu::f16_matmul(x, m, w, &mut y),
+        }
+        y
+    }
+    fn bytes(&self) -> usize {
+        match self {
+            Table::F32(w) => w.len() * 4,
+            Table::F16(w) => w.bytes(),
+        }
+    }
+}
+
+/// One decoder layer on the host.
+pub struct HostLayer {
+    pub attn_norm: Vec<f32>,
+    pub q: HostLinear,
+    pub k: HostLinear,
+    pub v: HostLinear,
+    pub o: HostLinear,
+    pub mlp_norm: Vec<f32>,
+    pub gate: HostLinear,
+    pub up: HostLinear,
+    pub down: HostLinear,
+}
+
+impl HostLayer {
+    pub fn from_dense(w: &LayerWeights) -> Self {
+        let l = HostLinear::from_dense;
+        HostLayer {
+            attn_norm: w.attn_norm.clone(),
+            q: l(&w.q),
+            k: l(&w.k),
+            v: l(&w.v),
+            o: l(&w.o),
+            mlp_norm: w.mlp_norm.clone(),
+            gate: l(&w.gate),
+            up: l(&w.up),
+            down: l(&w.down),
+        }
+    }
+
+    pub fn from_quantized(w: &QuantizedLayer) -> Result<Self> {
+        let l = HostLinear::from_quantized;
+        Ok(HostLayer {
+            attn_norm: w.attn_norm.clone(),
+            q: l(&w.q)?,
+            k: l(&w.k)?,
+            v: l(&w.v)?,
+            o: l(&w.o)?,
+            mlp_norm: w.mlp_norm.clone(),
+            gate: l(&w.gate)?,
+            up: l(&w.up)?,
+            down: l(&w.down)?,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down].iter().map(|l| l.bytes()).sum::<usize>()
+            + (self.attn_norm.len() + self.mlp_norm.len()) * 4
+    }
+
+    /// The MLP block on `x [M, H]` (after its norm): `down(silu(gate x) * up x)`.
+    fn mlp(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let g = self.gate.forward(x, m);
+        let u = self.up.forward(x, m);
+        self.down.forward(&silu_mul(&g, &u), m)
+    }
+}
+
+/// One sequence's part of a batched step: `tokens` are appended at positions `seq.len..`.
+pub struct StepItem<'a> {
+    pub seq: &'a mut SeqState,
+    pub tokens: &'a [u32],
+}
+
+/// The whole decoder on the host.
+pub struct HostLlama {
+    pub config: ModelConfig,
+    pub rope: Rope,
+    pub embed: Table,
+    /// `None` when tied to the embedding.
+    pub lm_head: Option<Table>,
+    pub norm: Vec<f32>,
+    pub layers: Vec<HostLayer>,
+}
+
+impl std::fmt::Debug for HostLlama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostLlama").field("layers", &self.layers.len()).field("weight_bytes", &self.weight_bytes()).finish()
+    }
+}
+
+/// RMSNorm of every `[H]` row: `x / sqrt(mean(x²) + eps) * w` (sum of squares in f32, in order).
+pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f64) -> Vec<f32> {
+    let h = w.len();
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, r)| {
+        let ss: f32 = r.iter().map(|v| v * v).sum();
+        let inv = 1.0 / ((ss / h as f32) as f64 + eps).sqrt() as f32;
+        for ((o, &v), &wv) in o.iter_mut().zip(r).zip(w) {
+            *o = v * inv * wv;
+        }
+    });
+    out
+}
+
+/// Rotate-half RoPE of one head vector at position `p` with a sequence's frequencies.
+pub fn rope_at(x: &mut [f32], p: usize, inv_freq: &[f64], scale: f64) {
+    let half = x.len() / 2;
+    for j in 0..half {
+        let a = p as f64 * inv_freq[j];
+        let (c, s) = ((a.cos() * scale) as f32, (a.sin() * scale) as f32);
+        let (x0, x1) = (x[j], x[j + half]);
+        x[j] = x0 * c - x1 * s;
+        x[j + half] = x1 * c + x0 * s;
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14)).for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(a, b)| *a += b));
+}
+
+impl HostLlama {
+    /// From host weights (a full-precision model), one layer at a time.
+    pub fn from_dense(c: &ModelConfig, g: &GlobalWeights, mut layer: impl FnMut(usize) -> Result<LayerWeights>) -> Result<Self> {
+        let layers = (0..c.num_hidden_layers).map(|i| layer(i).map(|w| HostLayer::from_dense(&w))).collect::<Result<_>>()?;
+        Ok(HostLlama {
+            config: c.clone(),
+            rope: Rope::from_config(c),
+            embed: Table::F32(g.embed.data.clone()),
+            lm_head: g.lm_head.as_ref().map(|w| Table::F32(w.data.clone())),
+            norm: g.norm.clone(),
+            layers,
+        })
+    }
+
+    /// From a quantized model: packed INT4 linears, f16 embedding and head (the checkpoint's own
+    /// precision for them, so nothing is lost).
+    pub fn from_quantized(c: &ModelConfig, g: &GlobalWeights, mut layer: impl FnMut(usize) -> Result<QuantizedLayer>) -> Result<Self> {
+        let layers = (0..c.num_hidden_layers).map(|i| layer(i).and_then(|w| HostLayer::from_quantized(&w))).collect::<Result<_>>()?;
+        let (v, h) = (c.vocab_size, c.hidden_size);
+        Ok(HostLlama {
+            config: c.clone(),
+            rope: Rope::from_config(c),
+            embed: Table::F16(F16Matrix::from_f32(&g.embed.data, v, h)),
+            lm_head: g.lm_head.as_ref().map(|w| Table::F16(F16Matrix::from_f32(&w.data, v, h))),
+            norm: g.norm.clone(),
+            layers,
+        })
+    }
+
+    /// Resident bytes of all weights.
+    pub fn weight_bytes(&self) -> usize {
+        self.embed.bytes() + self.lm_head.as_ref().map_or(0, Table::bytes) + self.norm.len() * 4 + self.layers.iter().map(HostLayer::bytes).sum::<usize>()
+    }
+
+    fn check_tokens(&self, ids: &[u32]) -> Result<()> {
+        let v = self.config.vocab_size;
+        match ids.iter().find(|&&t| t as usize >= v) {
+            Some(t) => Err(Error::input("tokens", format!("token id {t} is outside the vocabulary ({v})"))),
+            None => Ok(()),
+        }
+    }
+
+    /// `ids [M] -> x [M, H]`
+    fn embed_rows(&self, ids: &[u32]) -> Vec<f32> {
+        let h = self.config.hidden_size;
+        let mut x = vec![0f32; ids.len() * h];
+        x.par_chunks_mut(h).zip(ids.par_iter()).for_each(|(row, &id)| self.embed.row(id as usize, h, row));
+        x
+    }
+
+    /// Final norm and LM head: `x [M, H] -> logits [M, V]`.
+    fn logits(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let c = &self.config;
+        let n = rms_norm_rows(x, &self.norm, c.rms_norm_eps);
+        self.lm_head.as_ref().unwrap_or(&self.embed).logits(&n, m, c.hidden_size, c.vocab_size)
+    }
+
+    /// Logits `[B*T, V]` of `B` independent sequences of `T` tokens (positions from 0, no cache;
+    /// evaluation). `kv_bits` reads K/V as a quantized cache would return them.
+    pub fn forward_logits(&self, ids: &[u32], b: usize, t: usize, kv_bits: Option<u32>) -> Result<Vec<f32>> {
+        self.check_tokens(ids)?;
+        let c = &self.config;
+        let (hq, hkv, d, m) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, b * t);
+        let (cos, sin) = self.rope.tables(t, 0, t);
+        let mut x = self.embed_rows(ids);
+        for l in &self.layers {
+            let n1 = rms_norm_rows(&x, &l.attn_norm, c.rms_norm_eps);
+            let (q, k, v) = (l.q.forward(&n1, m), l.k.forward(&n1, m), l.v.forward(&n1, m));
+            let shape = AttnShape { batch: b, seq: t, heads: hq, kv_heads: hkv, head_dim: d };
+            let ctx = causal_attention(&q, &k, &v, &cos, &sin, shape, kv_bits);
+            add_into(&mut x, &l.o.forward(&ctx, m));
+            let n2 = rms_norm_rows(&x, &l.mlp_norm, c.rms_norm_eps);
+            add_into(&mut x, &l.mlp(&n2, m));
+        }
+        Ok(self.logits(&x, m))
+    }
+
+    /// The batched step: every item's new tokens through the model in one pass over the weights,
+    /// K/V appended to the cache; returns the logits `[V]` after each item's last token.
+    ///
+    /// Fails before touching the cache or any sequence when a token is outside the vocabulary or
+    /// the cache has too few free blocks for all items.
+    pub fn step(&self, cache: &mut KvCache, items: &mut [StepItem]) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let (hq, hkv, d, h) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size);
+        let g = hq / hkv;
+        for it in items.iter() {
+            self.check_tokens(it.tokens)?;
+            if it.tokens.is_empty() {
+                return Err(Error::internal("a step item has no tokens"));
+            }
+        }
+        let need: usize = items.iter().map(|it| KvCache::blocks_needed(it.seq, it.tokens.len())).sum();
+        if need > cache.free_blocks() {
+            return Err(Error::usage(format!(
+                "KV cache full: the step needs {need} new blocks, {} are free; raise --cache-max-entry-count",
+                cache.free_blocks()
+            )));
+        }
+        // Row r of the stacked activation: (item, position). Positions continue each sequence.
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        let mut ids: Vec<u32> = Vec::new();
+        for (i, it) in items.iter_mut().enumerate() {
+            for &t in it.tokens {
+                cache.reserve(it.seq)?;
+                rows.push((i, it.seq.len));
+                it.seq.len += 1;
+                ids.push(t);
+            }
+        }
+        let m = rows.len();
+        // First row of each item (its rows are consecutive).
+        let mut first = vec![0usize; items.len() + 1];
+        for (i, it) in items.iter().enumerate() {
+            first[i + 1] = first[i] + it.tokens.len();
+        }
+        let seqs: Vec<&SeqState> = items.iter().map(|it| &*it.seq).collect();
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut x = self.embed_rows(&ids);
+        for (li, l) in self.layers.iter().enumerate() {
+            let n1 = rms_norm_rows(&x, &l.attn_norm, c.rms_norm_eps);
+            let (mut q, mut k, v) = (l.q.forward(&n1, m), l.k.forward(&n1, m), l.v.forward(&n1, m));
+            // RoPE with each row's own position and its sequence's frequencies (dynamic NTK).
+            q.par_chunks_mut(hq * d).zip(k.par_chunks_mut(hkv * d)).zip(rows.par_iter()).for_each(|((qr, kr), &(i, p))| {
+                let s = seqs[i];
+                qr.chunks_mut(d).for_each(|hv| rope_at(hv, p, &s.inv_freq, s.rope_scale));
+                kr.chunks_mut(d).for_each(|hv| rope_at(hv, p, &s.inv_freq, s.rope_scale));
+            });
+            for (r, &(i, p)) in rows.iter().enumerate() {
+                cache.write(seqs[i], li, p, &k[r * hkv * d..(r + 1) * hkv * d], &v[r * hkv * d..(r + 1) * hkv * d]);
+            }
+            // Attention: one task per (item, KV head) reads that head's K/V once and serves the
+            // G query heads of every row of the item; row at position p sees keys 0..=p.
+            let cache_ref = &*cache;
+            let parts: Vec<Vec<f32>> = (0..items.len() * hkv)
+                .into_par_iter()
+                .map(|task| {
+                    let (i, kvh) = (task / hkv, task % hkv);
+                    let s = seqs[i];
+                    let (mut kb, mut vb) = (Vec::new(), Vec::new());
+                    cache_ref.read(s, li, kvh, s.len, &mut kb, &mut vb);
+                    let (r0, r1) = (first[i], first[i + 1]);
+                    let mut out = vec![0f32; (r1 - r0) * g * d];
+                    let mut sc = vec![0f32; s.len];
+                    for r in r0..r1 {
+                        let n = rows[r].1 + 1;
+                        for gi in 0..g {
+                            let hh = kvh * g + gi;
+                            let qh = &q[r * hq * d + hh * d..r * hq * d + (hh + 1) * d];
+                            attend_one(qh, &kb[..n * d], &vb[..n * d], &mut sc[..n], scale, &mut out[((r - r0) * g + gi) * d..((r - r0) * g + gi + 1) * d]);
+                        }
+                    }
+                    out
+                })
+                .collect();
+            let mut ctx = vec![0f32; m * hq * d];
+            for (task, out) in parts.iter().enumerate() {
+                let (i, kvh) = (task / hkv, task % hkv);
+                for r in first[i]..first[i + 1] {
+                    let src = &out[(r - first[i]) * g * d..(r - first[i] + 1) * g * d];
+                    ctx[r * hq * d + kvh * g * d..r * hq * d + (kvh + 1) * g * d].copy_from_slice(src);
+                }
+            }
+            add_into(&mut x, &l.o.forward(&ctx, m));
+            let n2 = rms_norm_rows(&x, &l.mlp_norm, c.rms_norm_eps);
+            add_into(&mut x, &l.mlp(&n2, m));
+        }
+        // Logits only for each item's last row.
+        let last: Vec<f32> = (0..items.len()).flat_map(|i| x[(first[i + 1] - 1) * h..first[i + 1] * h].to_vec()).collect();
+        let logits = self.logits(&last, items.len());
+        Ok(logits.chunks(c.vocab_size).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// Softmax attention of one query head vector over `n` keys: `out = softmax(q·Kᵀ·scale)·V`.
+/// Sequential in key order (the result does not depend on what else runs).
+fn attend_one(q: &[f32], k: &[f32], v: &[f32], sc: &mut [f32], scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    let mut m = f32::NEG_INFINITY;
+    for (j, s) in sc.iter_mut().enumerate() {
+        let kj = &k[j * d..(j + 1) * d];
+        // 8 partial sums so the dot product vectorises; fixed order.
+        let mut acc = [0f32; 8];
+        for (qc, kc) in q.chunks(8).zip(kj.chunks(8)) {
+            for t in 0..qc.len() {
+                acc[t] += qc[t] * kc[t];
+            }
+        }
+        *s = acc.iter().sum::<f32>() * scale;
+        m = m.max(*s);
+    }
+    let mut z = 0f32;
+    for s in sc.iter_mut() {
+        *s = exp_neg(*s - m);
+        z += *s;
+    }
+    out.fill(0.0);
+    for (j, &p) in sc.iter().enumerate() {
+        let w = p / z;
+        for (o, &vv) in out.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+            *o += w * vv;
+        }
+    }
+}
