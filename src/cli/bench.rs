@@ -71,8 +71,9 @@ fn decode_row(
     use crate::engine::device::DeviceKind;
     let args = BenchDecodeArgs { model: dir.display().to_string(), device: DeviceKind::Cpu, prompt_tokens: 128, tokens, quant_policy: vec![0], cache_max_entry_count: 0.8 };
     let r = decode_on::<CpuBackend>(Default::default(), dir, &args, DeviceKind::Cpu)?.remove(0);
-    // Weight bytes read per token are 4 per f32 weight on the CPU (INT4 is dequantized at load).
-    let gf = 2.0 * r.weight_bytes_per_token / 4.0 * r.decode_tokens_per_second / 1e9;
+    // FLOPs per token from the shapes (the weights' bytes per token depend on the format).
+    let c = ModelConfig::from_file(&dir.join("config.json"))?;
+    let gf = forward_flops_per_token(&c, 128 + tokens / 2) * r.decode_tokens_per_second / 1e9;
     push(rows, &format!("decode {label} cpu: {tokens} tokens after 128"), r.decode_seconds, Some(r.decode_tokens_per_second), Some(gf), ceiling);
     Ok(())
 }

@@ -6,6 +6,7 @@ use crate::error::Result;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod bench_engine;
 pub mod calibrate;
 pub mod convert;
 pub mod data;
@@ -55,6 +56,8 @@ pub enum Command {
     BenchGpu(gpu::BenchGpuArgs),
     /// Decode speed of a model (tokens/s), e.g. one written by `awqc synth --quantized`.
     BenchDecode(gpu::BenchDecodeArgs),
+    /// CPU engine table: resident memory, prefill and batched decode speed against the machine's ceilings.
+    BenchEngine(bench_engine::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::KernelTest(a) => gpu::kernel_test(a, json),
         Command::BenchGpu(a) => gpu::bench_gpu(a, json),
         Command::BenchDecode(a) => gpu::bench_decode(a, json),
+        Command::BenchEngine(a) => bench_engine::run(a, json),
     }
 }
 
