@@ -31,8 +31,11 @@ demo: fixtures
 
 # The tests, then the cargo-fuzz targets (own workspace, parsers only) must still compile: fuzzing
 # needs nightly flags and runs in `make fuzz`; the targets' logic is also replayed by tests/bad_inputs.rs.
+# scripts/serve-client-tests.sh: `awqc serve` through the official openai Python client and a headless
+# Chromium (venv in out/venv-clients, the AWQ checkpoint out/smollm2-awq-g64 made when missing).
 test: fixtures
 	$(CARGO) test --release --workspace
+	./scripts/serve-client-tests.sh
 	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins --locked --target-dir target/fuzz-check
 
 # The CPU table (ceiling, eval, decode fp and AWQ, quantize), then the W4A16 kernel timings on wgpu

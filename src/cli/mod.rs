@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod bench_engine;
 pub mod calibrate;
+pub mod chat;
 pub mod convert;
 pub mod data;
 pub mod eval;
@@ -15,6 +16,7 @@ pub mod generate;
 pub mod gpu;
 pub mod inspect;
 pub mod quantize;
+pub mod serve;
 pub mod synth;
 
 #[derive(Parser, Debug)]
@@ -58,6 +60,10 @@ pub enum Command {
     BenchDecode(gpu::BenchDecodeArgs),
     /// CPU engine table: resident memory, prefill and batched decode speed against the machine's ceilings.
     BenchEngine(bench_engine::Args),
+    /// OpenAI-compatible HTTP server with continuous batching, Swagger UI and a web chat page.
+    Serve(serve::Args),
+    /// Chat with a model in the terminal (one line of stdin per turn; `exit` quits).
+    Chat(chat::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -76,6 +82,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::BenchGpu(a) => gpu::bench_gpu(a, json),
         Command::BenchDecode(a) => gpu::bench_decode(a, json),
         Command::BenchEngine(a) => bench_engine::run(a, json),
+        Command::Serve(a) => serve::run(a, json),
+        Command::Chat(a) => chat::run(a, json),
     }
 }
 

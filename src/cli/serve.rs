@@ -1,0 +1,95 @@
+//! `awqc serve`: the OpenAI-compatible HTTP server (see `awqc::serve`), with lmdeploy
+//! `serve api_server`'s flag names. [`EngineArgs`] are shared with `awqc chat`.
+
+use crate::engine::device::DeviceKind;
+use crate::error::Result;
+use crate::serve::model::{default_model_name, EngineOptions};
+use crate::serve::{ServeOptions, http::DEFAULT_BODY_LIMIT};
+use std::path::PathBuf;
+
+/// The engine flags of `serve` and `chat`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Model directory (HF, AutoAWQ-GEMM or TurboMind workspace) or a hub id in the local cache.
+    #[arg(long)]
+    pub model: String,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// KV cache: 0 = compute dtype, 8 = int8, 4 = int4.
+    #[arg(long, default_value_t = 0)]
+    pub quant_policy: u32,
+    /// Fraction of free memory after loading the weights that the KV cache may use.
+    #[arg(long, default_value_t = 0.8)]
+    pub cache_max_entry_count: f64,
+    /// Most sequences decoded together in one batched step.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch_size: usize,
+    /// Most requests running + waiting; more get 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_concurrent_requests: usize,
+    /// Most tokens (prompt + answer) of one request [default: the model's max_position_embeddings, at most 4096].
+    #[arg(long)]
+    pub session_len: Option<usize>,
+    /// Most prompt tokens prefilled per engine step (long prompts are prefilled in chunks so
+    /// running answers keep streaming).
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
+    /// A Jinja chat template file to use instead of the model's (ChatML when the model has none).
+    #[arg(long)]
+    pub chat_template: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    pub fn options(&self) -> Result<EngineOptions> {
+        let model = crate::model::weights::resolve_model_path(&self.model)?;
+        Ok(EngineOptions {
+            model,
+            device: self.device,
+            quant_policy: self.quant_policy,
+            cache_max_entry_count: self.cache_max_entry_count,
+            max_batch_size: self.max_batch_size,
+            max_concurrent_requests: self.max_concurrent_requests,
+            session_len: self.session_len,
+            prefill_chunk: self.prefill_chunk,
+            chat_template: self.chat_template.clone(),
+        })
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub server_name: String,
+    /// Port to listen on (0 = any free port; the listening line says which).
+    #[arg(long, default_value_t = 23333)]
+    pub server_port: u16,
+    /// Accept only requests to /v1 with `Authorization: Bearer KEY` for one of these keys.
+    #[arg(long, num_args = 1..)]
+    pub api_keys: Vec<String>,
+    /// Name of the model in the API [default: the model directory's name].
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Largest request body in bytes (413 above).
+    #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
+    pub max_body_bytes: usize,
+    /// Wait this many milliseconds before loading the model (tests of the 503-while-loading path).
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub load_delay_ms: u64,
+}
+
+pub fn run(a: Args, _json: bool) -> Result<()> {
+    let engine = a.engine.options()?;
+    let model_name = a.model_name.clone().unwrap_or_else(|| default_model_name(&a.engine.model, &engine.model));
+    crate::serve::run(ServeOptions {
+        engine,
+        host: a.server_name,
+        port: a.server_port,
+        api_keys: a.api_keys,
+        model_name,
+        body_limit: a.max_body_bytes,
+        load_delay: std::time::Duration::from_millis(a.load_delay_ms),
+    })
+}

@@ -1,0 +1,604 @@
+//! The OpenAI API subset awqc serves: response types (serialized as they are), request types (for
+//! the OpenAPI document), and the request parsing that turns a JSON body into [`ChatRequest`] /
+//! [`CompletionRequest`] with OpenAI-style errors that name the offending field.
+//!
+//! Parsing is done field by field on a `serde_json::Value` rather than through a derived
+//! `Deserialize`: serde's messages ("invalid type: string, expected f32 at line 1 column 9") do
+//! not say which field is wrong, and OpenAI clients send many fields awqc ignores (`user`,
+//! `presence_penalty`, ...), which must not be errors.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+// ------------------------------------------------------------------------------------ errors
+
+/// An OpenAI-style error: `{"error": {"message", "type", "code", "param"}}` with an HTTP status.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub param: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), kind, code, param: None }
+    }
+    /// 400 for a bad request parameter, naming it.
+    pub fn param(param: &str, message: impl Into<String>) -> Self {
+        let mut e = ApiError::new(400, "invalid_request_error", "invalid_parameter", message);
+        e.param = Some(param.to_string());
+        e
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(400, "invalid_request_error", code, message)
+    }
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind.to_string(),
+                code: Some(self.code.to_string()),
+                param: self.param.clone(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// What is wrong, in one sentence.
+    pub message: String,
+    /// OpenAI's error class: invalid_request_error, authentication_error, not_found_error,
+    /// rate_limit_error, server_error, service_unavailable_error.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A stable machine-readable code, e.g. invalid_json, invalid_parameter, model_not_found,
+    /// context_length_exceeded, invalid_api_key, overloaded, model_loading.
+    pub code: Option<String>,
+    /// The request field at fault, when there is one.
+    pub param: Option<String>,
+}
+
+// ---------------------------------------------------------------------- request types (docs)
+
+/// `stop`: one string or a list of strings.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StopDoc {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StreamOptionsDoc {
+    /// Send one more chunk before `[DONE]` with the `usage` counts and an empty `choices`.
+    pub include_usage: Option<bool>,
+}
+
+/// `POST /v1/chat/completions`. Fields not listed here are accepted and ignored.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatCompletionRequest {
+    /// The served model's name (see `/v1/models`); optional, but another name is a 404.
+    pub model: Option<String>,
+    /// `{"role": "system"|"user"|"assistant"|"tool"|"developer", "content": ...}` objects; content
+    /// is a string, null, or a list of `{"type": "text", "text": ...}` parts.
+    pub messages: Vec<Value>,
+    /// Most tokens to generate (>= 1); default: what is left of the session.
+    pub max_tokens: Option<u64>,
+    /// Same as max_tokens (takes precedence).
+    pub max_completion_tokens: Option<u64>,
+    /// 0 = greedy; default 1.
+    pub temperature: Option<f32>,
+    /// Nucleus mass in (0, 1]; default 1.
+    pub top_p: Option<f32>,
+    /// Keep the k most likely tokens; 0 or -1 = off (default).
+    pub top_k: Option<i64>,
+    /// Sampling seed; the same seed and request give the same answer.
+    pub seed: Option<i64>,
+    /// Stop strings, matched on the decoded text; the stop string is not returned.
+    pub stop: Option<StopDoc>,
+    /// Only 1 is supported.
+    pub n: Option<u64>,
+    /// Stream `chat.completion.chunk` server-sent events, ending with `data: [DONE]`.
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptionsDoc>,
+    /// Extension (vLLM, lmdeploy): keep generating past EOS / end-of-turn tokens.
+    pub ignore_eos: Option<bool>,
+}
+
+/// `prompt`: a string, a one-element list of strings, a list of token ids, or a one-element list
+/// of token id lists.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PromptDoc {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/completions`. Fields not listed here are accepted and ignored.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: PromptDoc,
+    /// Return the prompt in front of the completion.
+    pub echo: Option<bool>,
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub seed: Option<i64>,
+    pub stop: Option<StopDoc>,
+    pub n: Option<u64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptionsDoc>,
+    /// Extension (vLLM, lmdeploy): keep generating past EOS / end-of-turn tokens.
+    pub ignore_eos: Option<bool>,
+}
+
+// ----------------------------------------------------------------------------- response types
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    pub fn new(prompt: usize, completion: usize) -> Self {
+        Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatMessageOut {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: ChatMessageOut,
+    /// "stop" (EOS, an end-of-turn token or a stop string) or "length".
+    pub finish_reason: Option<String>,
+    pub logprobs: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatCompletionResponse {
+    pub id: String,
+    /// "chat.completion"
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub finish_reason: Option<String>,
+    pub logprobs: Option<Value>,
+}
+
+/// One server-sent event of a streamed chat completion.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    /// "chat.completion.chunk"
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    /// Only on the last chunk, with `stream_options.include_usage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub logprobs: Option<Value>,
+}
+
+/// A completion, or (with `stream`) one server-sent event of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CompletionResponse {
+    pub id: String,
+    /// "text_completion"
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelCard {
+    pub id: String,
+    /// "model"
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+    /// The session length: prompt + generated tokens of one request.
+    pub max_model_len: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    /// "list"
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// "ok", "loading" or "shutting_down".
+    pub status: String,
+    pub model: String,
+}
+
+// ---------------------------------------------------------------------------- parsed requests
+
+/// Sampling and streaming fields shared by both endpoints, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenParams {
+    /// None: what is left of the session.
+    pub max_tokens: Option<usize>,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// vLLM / lmdeploy extension: do not stop at EOS or end-of-turn tokens (benchmarks, tests).
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Vec<Value>,
+    pub params: GenParams,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct CompletionRequestParsed {
+    pub model: Option<String>,
+    pub prompt: PromptInput,
+    pub echo: bool,
+    pub params: GenParams,
+}
+
+/// Roles a chat message may have (`developer` is OpenAI's new name for `system`).
+pub const ROLES: &[&str] = &["system", "user", "assistant", "tool", "developer"];
+
+/// At most this many stop strings per request.
+pub const MAX_STOP_STRINGS: usize = 16;
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a non-integer number",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Typed access to the fields of a request object; `null` counts as absent (as OpenAI does).
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl<'a> Fields<'a> {
+    fn get(&self, k: &str) -> Option<&'a Value> {
+        self.0.get(k).filter(|v| !v.is_null())
+    }
+    fn string(&self, k: &str) -> Result<Option<String>, ApiError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(ApiError::param(k, format!("{k} must be a string, got {}", type_name(v)))),
+        }
+    }
+    fn bool(&self, k: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(ApiError::param(k, format!("{k} must be a boolean, got {}", type_name(v)))),
+        }
+    }
+    fn number(&self, k: &str) -> Result<Option<f64>, ApiError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .map(Some)
+                .ok_or_else(|| ApiError::param(k, format!("{k} must be a finite number"))),
+            Some(v) => Err(ApiError::param(k, format!("{k} must be a number, got {}", type_name(v)))),
+        }
+    }
+    /// An integer (a JSON number without a fraction, in i64 range, or u64 for large positives).
+    fn integer(&self, k: &str) -> Result<Option<i128>, ApiError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Number(n)) => {
+                if let Some(i) = n.as_i64() {
+                    Ok(Some(i as i128))
+                } else if let Some(u) = n.as_u64() {
+                    Ok(Some(u as i128))
+                } else {
+                    Err(ApiError::param(k, format!("{k} must be an integer, got {n}")))
+                }
+            }
+            Some(v) => Err(ApiError::param(k, format!("{k} must be an integer, got {}", type_name(v)))),
+        }
+    }
+}
+
+fn parse_params(f: &Fields, max_tokens_keys: &[&str]) -> Result<GenParams, ApiError> {
+    let mut max_tokens = None;
+    // The first key present wins (max_completion_tokens over the deprecated max_tokens).
+    for k in max_tokens_keys {
+        if let Some(m) = f.integer(k)? {
+            if m < 1 {
+                return Err(ApiError::param(k, format!("{k} must be at least 1, got {m}")));
+            }
+            max_tokens = Some(usize::try_from(m).unwrap_or(usize::MAX));
+            break;
+        }
+    }
+    let temperature = f.number("temperature")?.unwrap_or(1.0);
+    if temperature < 0.0 {
+        return Err(ApiError::param("temperature", format!("temperature must be >= 0, got {temperature}")));
+    }
+    let top_p = f.number("top_p")?.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::param("top_p", format!("top_p must be in (0, 1], got {top_p}")));
+    }
+    let top_k = match f.integer("top_k")? {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k < 0 => return Err(ApiError::param("top_k", format!("top_k must be >= 0 (or -1 = off), got {k}"))),
+        Some(k) => usize::try_from(k).unwrap_or(usize::MAX),
+    };
+    // Any integer seed; negative ones wrap (two's complement), as the bits are all that matter.
+    let seed = f.integer("seed")?.map(|s| s as u64);
+    let stop = match f.get("stop") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => {
+            if a.len() > MAX_STOP_STRINGS {
+                return Err(ApiError::param("stop", format!("at most {MAX_STOP_STRINGS} stop strings, got {}", a.len())));
+            }
+            let mut out = Vec::new();
+            for v in a {
+                match v {
+                    Value::String(s) => out.push(s.clone()),
+                    v => return Err(ApiError::param("stop", format!("stop must be a string or a list of strings, found {} in the list", type_name(v)))),
+                }
+            }
+            out
+        }
+        Some(v) => return Err(ApiError::param("stop", format!("stop must be a string or a list of strings, got {}", type_name(v)))),
+    };
+    let stop: Vec<String> = stop.into_iter().filter(|s| !s.is_empty()).collect();
+    match f.integer("n")? {
+        None | Some(1) => {}
+        Some(n) => return Err(ApiError::param("n", format!("only n = 1 is supported, got {n}"))),
+    }
+    let stream = f.bool("stream")?.unwrap_or(false);
+    let include_usage = match f.get("stream_options") {
+        None => false,
+        Some(Value::Object(o)) => Fields(o).bool("include_usage").map_err(|mut e| {
+            e.param = Some("stream_options.include_usage".into());
+            e
+        })?
+        .unwrap_or(false),
+        Some(v) => return Err(ApiError::param("stream_options", format!("stream_options must be an object, got {}", type_name(v)))),
+    };
+    let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
+    Ok(GenParams { max_tokens, temperature: temperature as f32, top_p: top_p as f32, top_k, seed, stop, stream, include_usage, ignore_eos })
+}
+
+fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
+    body.as_object().ok_or_else(|| ApiError::bad_request("invalid_request", format!("the request body must be a JSON object, got {}", type_name(body))))
+}
+
+/// Parse and validate a chat completion request (message contents are normalized later, by the
+/// chat template's `normalize_messages`).
+pub fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
+    let o = object(body)?;
+    let f = Fields(o);
+    let model = f.string("model")?;
+    let messages = match f.get("messages") {
+        None => return Err(ApiError::param("messages", "messages is required")),
+        Some(Value::Array(a)) if a.is_empty() => return Err(ApiError::param("messages", "messages must not be empty")),
+        Some(Value::Array(a)) => a.clone(),
+        Some(v) => return Err(ApiError::param("messages", format!("messages must be an array, got {}", type_name(v)))),
+    };
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.into_iter().enumerate() {
+        let Value::Object(mut mo) = m else {
+            return Err(ApiError::param("messages", format!("messages[{i}] must be an object, got {}", type_name(&m))));
+        };
+        let role = match mo.get("role") {
+            Some(Value::String(r)) => r.clone(),
+            None | Some(Value::Null) => return Err(ApiError::param("messages", format!("messages[{i}] has no role"))),
+            Some(v) => return Err(ApiError::param("messages", format!("messages[{i}].role must be a string, got {}", type_name(v)))),
+        };
+        if !ROLES.contains(&role.as_str()) {
+            return Err(ApiError::param("messages", format!("messages[{i}].role {role:?} is not one of {}", ROLES.join(", "))));
+        }
+        if role == "developer" {
+            mo.insert("role".into(), Value::String("system".into()));
+        }
+        out.push(Value::Object(mo));
+    }
+    let params = parse_params(&f, &["max_completion_tokens", "max_tokens"])?;
+    Ok(ChatRequest { model, messages: out, params })
+}
+
+fn token_ids(a: &[Value]) -> Option<Vec<u32>> {
+    a.iter().map(|v| v.as_u64().and_then(|u| u32::try_from(u).ok())).collect()
+}
+
+/// Parse and validate a (legacy) completion request.
+pub fn parse_completion(body: &Value) -> Result<CompletionRequestParsed, ApiError> {
+    let o = object(body)?;
+    let f = Fields(o);
+    let model = f.string("model")?;
+    let bad = || ApiError::param("prompt", "prompt must be a string, a list with one string, a list of token ids, or a list with one list of token ids");
+    let prompt = match f.get("prompt") {
+        None => return Err(ApiError::param("prompt", "prompt is required")),
+        Some(Value::String(s)) => PromptInput::Text(s.clone()),
+        Some(Value::Array(a)) if a.is_empty() => return Err(ApiError::param("prompt", "prompt must not be empty")),
+        Some(Value::Array(a)) => match &a[0] {
+            Value::String(s) if a.len() == 1 => PromptInput::Text(s.clone()),
+            Value::Array(inner) if a.len() == 1 => {
+                if inner.is_empty() {
+                    return Err(ApiError::param("prompt", "prompt must not be empty"));
+                }
+                PromptInput::Ids(token_ids(inner).ok_or_else(bad)?)
+            }
+            Value::Number(_) => PromptInput::Ids(token_ids(a).ok_or_else(bad)?),
+            Value::String(_) | Value::Array(_) => {
+                return Err(ApiError::param("prompt", format!("only one prompt per request is supported, got {}", a.len())))
+            }
+            _ => return Err(bad()),
+        },
+        Some(_) => return Err(bad()),
+    };
+    let echo = f.bool("echo")?.unwrap_or(false);
+    let params = parse_params(&f, &["max_tokens"])?;
+    Ok(CompletionRequestParsed { model, prompt, echo, params })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chat(v: Value) -> Result<ChatRequest, ApiError> {
+        parse_chat(&v)
+    }
+
+    #[test]
+    fn chat_defaults_and_fields() {
+        let r = chat(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})).unwrap();
+        assert_eq!(r.model.as_deref(), Some("m"));
+        assert_eq!(
+            r.params,
+            GenParams { max_tokens: None, temperature: 1.0, top_p: 1.0, top_k: 0, seed: None, stop: vec![], stream: false, include_usage: false, ignore_eos: false }
+        );
+        let r = chat(json!({"messages": [{"role": "developer", "content": "x"}], "max_tokens": 5, "max_completion_tokens": 7,
+            "temperature": 0, "top_p": 0.5, "top_k": -1, "seed": -1, "stop": ["a", ""], "n": 1, "stream": true,
+            "stream_options": {"include_usage": true}, "user": "ignored", "presence_penalty": 0.1}))
+        .unwrap();
+        assert_eq!(r.messages[0]["role"], "system");
+        let p = r.params;
+        assert_eq!((p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed), (Some(7), 0.0, 0.5, 0, Some(u64::MAX)));
+        assert_eq!(p.stop, vec!["a".to_string()]);
+        assert!(p.stream && p.include_usage);
+        let r = chat(json!({"messages": [{"role": "user", "content": "x"}], "stop": "END", "max_tokens": null})).unwrap();
+        assert_eq!(r.params.stop, vec!["END".to_string()]);
+        assert_eq!(r.params.max_tokens, None);
+    }
+
+    #[test]
+    fn chat_errors_name_the_field() {
+        let m = json!([{"role": "user", "content": "x"}]);
+        let cases = [
+            (json!([1]), None),
+            (json!({}), Some("messages")),
+            (json!({"messages": []}), Some("messages")),
+            (json!({"messages": "hi"}), Some("messages")),
+            (json!({"messages": [{"role": "wizard", "content": "x"}]}), Some("messages")),
+            (json!({"messages": [{"content": "x"}]}), Some("messages")),
+            (json!({"messages": m, "max_tokens": -1}), Some("max_tokens")),
+            (json!({"messages": m, "max_tokens": 0}), Some("max_tokens")),
+            (json!({"messages": m, "max_tokens": 1.5}), Some("max_tokens")),
+            (json!({"messages": m, "max_tokens": "10"}), Some("max_tokens")),
+            (json!({"messages": m, "temperature": -0.1}), Some("temperature")),
+            (json!({"messages": m, "temperature": "hot"}), Some("temperature")),
+            (json!({"messages": m, "top_p": 0}), Some("top_p")),
+            (json!({"messages": m, "top_p": 1.5}), Some("top_p")),
+            (json!({"messages": m, "top_k": -2}), Some("top_k")),
+            (json!({"messages": m, "n": 2}), Some("n")),
+            (json!({"messages": m, "stop": 3}), Some("stop")),
+            (json!({"messages": m, "stop": ["a", 3]}), Some("stop")),
+            (json!({"messages": m, "stream": "yes"}), Some("stream")),
+            (json!({"messages": m, "model": 5}), Some("model")),
+            (json!({"messages": m, "seed": 1.5}), Some("seed")),
+            (json!({"messages": m, "stream_options": {"include_usage": 1}}), Some("stream_options.include_usage")),
+        ];
+        for (body, param) in cases {
+            let e = chat(body.clone()).err().unwrap_or_else(|| panic!("{body} accepted"));
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.param.as_deref(), param, "{body}: {}", e.message);
+        }
+        // Huge integers parse (they are clamped or refused against the session later).
+        let r = chat(json!({"messages": m, "max_tokens": 18446744073709551615u64})).unwrap();
+        assert_eq!(r.params.max_tokens, Some(usize::MAX));
+    }
+
+    #[test]
+    fn completion_prompts() {
+        let p = |v: Value| parse_completion(&json!({"prompt": v})).map(|r| r.prompt);
+        assert_eq!(p(json!("hi")).unwrap(), PromptInput::Text("hi".into()));
+        assert_eq!(p(json!(["hi"])).unwrap(), PromptInput::Text("hi".into()));
+        assert_eq!(p(json!([1, 2])).unwrap(), PromptInput::Ids(vec![1, 2]));
+        assert_eq!(p(json!([[1, 2]])).unwrap(), PromptInput::Ids(vec![1, 2]));
+        for bad in [json!(["a", "b"]), json!([]), json!([-1]), json!([1, "a"]), json!(5), json!([[1], [2]]), json!({"a": 1})] {
+            assert_eq!(p(bad.clone()).unwrap_err().param.as_deref(), Some("prompt"), "{bad}");
+        }
+        assert!(parse_completion(&json!({})).is_err());
+        let r = parse_completion(&json!({"prompt": "x", "echo": true, "max_tokens": 3})).unwrap();
+        assert!(r.echo);
+        assert_eq!(r.params.max_tokens, Some(3));
+        // max_completion_tokens is a chat field only.
+        let r = parse_completion(&json!({"prompt": "x", "max_completion_tokens": 3})).unwrap();
+        assert_eq!(r.params.max_tokens, None);
+    }
+}
