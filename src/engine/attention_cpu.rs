@@ -146,14 +146,20 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], cos: &[f32], sin: &[f32
 /// `silu(g) * u` elementwise (SwiGLU), `silu(x) = x / (1 + e^-x)`.
 pub fn silu_mul(g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; g.len()];
-    out.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14)).zip(u.par_chunks(1 << 14)).for_each(|((o, g), u)| {
+    let chunk = |((o, g), u): ((&mut [f32], &[f32]), &[f32])| {
         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
             // e^-|g| is in (0, 1]; fold the sign so exp only ever sees non-positive arguments.
             let e = exp_neg(-g.abs());
             let sig = if g >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
             *o = g * sig * u;
         }
-    });
+    };
+    // One chunk (a decode step's few rows) runs on the calling thread.
+    if g.len() <= 1 << 14 {
+        chunk(((&mut out[..], g), u));
+    } else {
+        out.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14)).zip(u.par_chunks(1 << 14)).for_each(chunk);
+    }
     out
 }
 

@@ -120,59 +120,105 @@ impl Table {
     }
 }
 
-/// One decoder layer on the host.
+/// One decoder layer on the host. q/k/v and gate/up are each stacked into one weight at load
+/// (`[Hq·D + 2·Hkv·D, H]`, `[2·I, H]`), so a layer is four products: fewer passes, and each
+/// output is still computed from its own weight row exactly as it would be alone.
 pub struct HostLayer {
     pub attn_norm: Vec<f32>,
-    pub q: HostLinear,
-    pub k: HostLinear,
-    pub v: HostLinear,
+    /// `[q | k | v]` rows.
+    pub qkv: HostLinear,
     pub o: HostLinear,
     pub mlp_norm: Vec<f32>,
-    pub gate: HostLinear,
-    pub up: HostLinear,
+    /// `[gate | up]` rows.
+    pub gate_up: HostLinear,
     pub down: HostLinear,
+    /// Output widths of q and of k (= v).
+    pub q_dim: usize,
+    pub kv_dim: usize,
+}
+
+/// Stack dense linears along the output dim; a missing bias counts as zeros.
+fn stack_dense(parts: &[&Linear]) -> Result<HostLinear> {
+    let w = crate::tensor::HostTensor::concat_rows(&parts.iter().map(|l| &l.w).collect::<Vec<_>>())?;
+    let bias = parts.iter().any(|l| l.b.is_some()).then(|| parts.iter().flat_map(|l| l.b.clone().unwrap_or_else(|| vec![0.0; l.w.dims2().0])).collect());
+    Ok(HostLinear::from_dense(&Linear { w, b: bias }))
+}
+
+/// Stack quantized linears along the output dim; a missing bias counts as zeros.
+fn stack_quantized(parts: &[&QuantizedLinear]) -> Result<HostLinear> {
+    let any_bias = parts.iter().any(|l| l.bias.is_some());
+    let owned: Vec<QuantizedLinear> = parts
+        .iter()
+        .map(|l| {
+            let mut l = (*l).clone();
+            if any_bias && l.bias.is_none() {
+                l.bias = Some(vec![0.0; l.n]);
+            }
+            l
+        })
+        .collect();
+    HostLinear::from_quantized(&crate::quant::qmodel::concat_rows(&owned.iter().collect::<Vec<_>>())?)
 }
 
 impl HostLayer {
-    pub fn from_dense(w: &LayerWeights) -> Self {
-        let l = HostLinear::from_dense;
-        HostLayer {
-            attn_norm: w.attn_norm.clone(),
-            q: l(&w.q),
-            k: l(&w.k),
-            v: l(&w.v),
-            o: l(&w.o),
-            mlp_norm: w.mlp_norm.clone(),
-            gate: l(&w.gate),
-            up: l(&w.up),
-            down: l(&w.down),
-        }
-    }
-
-    pub fn from_quantized(w: &QuantizedLayer) -> Result<Self> {
-        let l = HostLinear::from_quantized;
+    pub fn from_dense(w: &LayerWeights) -> Result<Self> {
         Ok(HostLayer {
             attn_norm: w.attn_norm.clone(),
-            q: l(&w.q)?,
-            k: l(&w.k)?,
-            v: l(&w.v)?,
-            o: l(&w.o)?,
+            qkv: stack_dense(&[&w.q, &w.k, &w.v])?,
+            o: HostLinear::from_dense(&w.o),
             mlp_norm: w.mlp_norm.clone(),
-            gate: l(&w.gate)?,
-            up: l(&w.up)?,
-            down: l(&w.down)?,
+            gate_up: stack_dense(&[&w.gate, &w.up])?,
+            down: HostLinear::from_dense(&w.down),
+            q_dim: w.q.w.dims2().0,
+            kv_dim: w.k.w.dims2().0,
         })
     }
 
+    pub fn from_quantized(w: &QuantizedLayer) -> Result<Self> {
+        Ok(HostLayer {
+            attn_norm: w.attn_norm.clone(),
+            qkv: stack_quantized(&[&w.q, &w.k, &w.v])?,
+            o: HostLinear::from_quantized(&w.o)?,
+            mlp_norm: w.mlp_norm.clone(),
+            gate_up: stack_quantized(&[&w.gate, &w.up])?,
+            down: HostLinear::from_quantized(&w.down)?,
+            q_dim: w.q.n,
+            kv_dim: w.k.n,
+        })
+    }
+
+    /// The linears, for byte counts and reports.
+    pub fn linears(&self) -> [&HostLinear; 4] {
+        [&self.qkv, &self.o, &self.gate_up, &self.down]
+    }
+
     fn bytes(&self) -> usize {
-        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down].iter().map(|l| l.bytes()).sum::<usize>()
-            + (self.attn_norm.len() + self.mlp_norm.len()) * 4
+        self.linears().iter().map(|l| l.bytes()).sum::<usize>() + (self.attn_norm.len() + self.mlp_norm.len()) * 4
+    }
+
+    /// q, k, v projections of `x [M, H]`: `([M, Hq·D], [M, Hkv·D], [M, Hkv·D])`.
+    fn qkv(&self, x: &[f32], m: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let y = self.qkv.forward(x, m);
+        let (qd, kd) = (self.q_dim, self.kv_dim);
+        let w = qd + 2 * kd;
+        let (mut q, mut k, mut v) = (Vec::with_capacity(m * qd), Vec::with_capacity(m * kd), Vec::with_capacity(m * kd));
+        for r in y.chunks(w) {
+            q.extend_from_slice(&r[..qd]);
+            k.extend_from_slice(&r[qd..qd + kd]);
+            v.extend_from_slice(&r[qd + kd..]);
+        }
+        (q, k, v)
     }
 
     /// The MLP block on `x [M, H]` (after its norm): `down(silu(gate x) * up x)`.
     fn mlp(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let g = self.gate.forward(x, m);
-        let u = self.up.forward(x, m);
+        let gu = self.gate_up.forward(x, m);
+        let i = self.gate_up.n / 2;
+        let (mut g, mut u) = (Vec::with_capacity(m * i), Vec::with_capacity(m * i));
+        for r in gu.chunks(2 * i) {
+            g.extend_from_slice(&r[..i]);
+            u.extend_from_slice(&r[i..]);
+        }
         self.down.forward(&silu_mul(&g, &u), m)
     }
 }
@@ -204,13 +250,19 @@ impl std::fmt::Debug for HostLlama {
 pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f64) -> Vec<f32> {
     let h = w.len();
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, r)| {
+    let row = |(o, r): (&mut [f32], &[f32])| {
         let ss: f32 = r.iter().map(|v| v * v).sum();
         let inv = 1.0 / ((ss / h as f32) as f64 + eps).sqrt() as f32;
         for ((o, &v), &wv) in o.iter_mut().zip(r).zip(w) {
             *o = v * inv * wv;
         }
-    });
+    };
+    // A few rows (decode) cost less than waking another thread.
+    if x.len() < PAR_MIN {
+        out.chunks_mut(h).zip(x.chunks(h)).for_each(row);
+    } else {
+        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(row);
+    }
     out
 }
 
@@ -226,14 +278,21 @@ pub fn rope_at(x: &mut [f32], p: usize, inv_freq: &[f64], scale: f64) {
     }
 }
 
+/// Below this many values, elementwise work runs on the calling thread.
+const PAR_MIN: usize = 1 << 15;
+
 fn add_into(x: &mut [f32], y: &[f32]) {
+    if x.len() < PAR_MIN {
+        x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+        return;
+    }
     x.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14)).for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(a, b)| *a += b));
 }
 
 impl HostLlama {
     /// From host weights (a full-precision model), one layer at a time.
     pub fn from_dense(c: &ModelConfig, g: &GlobalWeights, mut layer: impl FnMut(usize) -> Result<LayerWeights>) -> Result<Self> {
-        let layers = (0..c.num_hidden_layers).map(|i| layer(i).map(|w| HostLayer::from_dense(&w))).collect::<Result<_>>()?;
+        let layers = (0..c.num_hidden_layers).map(|i| layer(i).and_then(|w| HostLayer::from_dense(&w))).collect::<Result<_>>()?;
         Ok(HostLlama {
             config: c.clone(),
             rope: Rope::from_config(c),
@@ -297,7 +356,7 @@ impl HostLlama {
         let mut x = self.embed_rows(ids);
         for l in &self.layers {
             let n1 = rms_norm_rows(&x, &l.attn_norm, c.rms_norm_eps);
-            let (q, k, v) = (l.q.forward(&n1, m), l.k.forward(&n1, m), l.v.forward(&n1, m));
+            let (q, k, v) = l.qkv(&n1, m);
             let shape = AttnShape { batch: b, seq: t, heads: hq, kv_heads: hkv, head_dim: d };
             let ctx = causal_attention(&q, &k, &v, &cos, &sin, shape, kv_bits);
             add_into(&mut x, &l.o.forward(&ctx, m));
@@ -351,13 +410,18 @@ impl HostLlama {
         let mut x = self.embed_rows(&ids);
         for (li, l) in self.layers.iter().enumerate() {
             let n1 = rms_norm_rows(&x, &l.attn_norm, c.rms_norm_eps);
-            let (mut q, mut k, v) = (l.q.forward(&n1, m), l.k.forward(&n1, m), l.v.forward(&n1, m));
+            let (mut q, mut k, v) = l.qkv(&n1, m);
             // RoPE with each row's own position and its sequence's frequencies (dynamic NTK).
-            q.par_chunks_mut(hq * d).zip(k.par_chunks_mut(hkv * d)).zip(rows.par_iter()).for_each(|((qr, kr), &(i, p))| {
+            let rope_row = |((qr, kr), &(i, p)): ((&mut [f32], &mut [f32]), &(usize, usize))| {
                 let s = seqs[i];
                 qr.chunks_mut(d).for_each(|hv| rope_at(hv, p, &s.inv_freq, s.rope_scale));
                 kr.chunks_mut(d).for_each(|hv| rope_at(hv, p, &s.inv_freq, s.rope_scale));
-            });
+            };
+            if m < 8 {
+                q.chunks_mut(hq * d).zip(k.chunks_mut(hkv * d)).zip(rows.iter()).for_each(rope_row);
+            } else {
+                q.par_chunks_mut(hq * d).zip(k.par_chunks_mut(hkv * d)).zip(rows.par_iter()).for_each(rope_row);
+            }
             for (r, &(i, p)) in rows.iter().enumerate() {
                 cache.write(seqs[i], li, p, &k[r * hkv * d..(r + 1) * hkv * d], &v[r * hkv * d..(r + 1) * hkv * d]);
             }
@@ -411,14 +475,16 @@ fn attend_one(q: &[f32], k: &[f32], v: &[f32], sc: &mut [f32], scale: f32, out: 
     let mut m = f32::NEG_INFINITY;
     for (j, s) in sc.iter_mut().enumerate() {
         let kj = &k[j * d..(j + 1) * d];
-        // 8 partial sums so the dot product vectorises; fixed order.
-        let mut acc = [0f32; 8];
-        for (qc, kc) in q.chunks(8).zip(kj.chunks(8)) {
-            for t in 0..qc.len() {
-                acc[t] += qc[t] * kc[t];
+        // 16 partial sums so the dot product vectorises; fixed order.
+        let mut acc = [0f32; 16];
+        let (qc, kc) = (q.chunks_exact(16), kj.chunks_exact(16));
+        let tail: f32 = qc.remainder().iter().zip(kc.remainder()).map(|(a, b)| a * b).sum();
+        for (qv, kv) in qc.zip(kc) {
+            for t in 0..16 {
+                acc[t] += qv[t] * kv[t];
             }
         }
-        *s = acc.iter().sum::<f32>() * scale;
+        *s = (acc.iter().sum::<f32>() + tail) * scale;
         m = m.max(*s);
     }
     let mut z = 0f32;
