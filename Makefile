@@ -8,7 +8,7 @@ SMOL    := fixtures/smollm2-hf
 QWEN_GGUF := fixtures/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 QWEN    := fixtures/qwen2.5-coder-0.5b-hf
 
-.PHONY: all build fixtures fixtures-qwen calib-data demo test bench bench-13b goldens fuzz fuzz-check turbomind-qwen gpu-bundle gpu-check-local clean
+.PHONY: all build fixtures fixtures-qwen calib-data demo test bench bench-engine bench-serve llama-cpp awq-ci bench-13b goldens fuzz fuzz-check turbomind-qwen gpu-bundle gpu-check-local clean
 
 all: build
 
@@ -44,6 +44,30 @@ test: fixtures
 bench: fixtures
 	$(AWQC) bench --model $(SMOL)
 	$(AWQC) bench-gpu --device wgpu --shapes 576x1536,1536x576 --batch 1,8 --group 64 --iters 5 --copy-mib 64 --matmul-dtype f32
+	$(MAKE) bench-engine
+
+# The real AWQ checkpoint the engine and serving benchmarks use (the client tests make the same one).
+AWQ_CI := out/smollm2-awq-g64
+awq-ci: fixtures
+	@test -f $(AWQ_CI)/model.safetensors || $(AWQC) --quiet quantize --model $(SMOL) --out $(AWQ_CI) --w-group-size 64 \
+	  --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --force
+
+# llama.cpp built from the sources vendored in the llama_cpp_python sdist (PyPI, sha256-pinned), with
+# f32 / Q4_0 / Q4_K_M GGUFs of the same SmolLM2 weights (about 10 min and 6 GB under out/llama.cpp).
+llama-cpp: fixtures
+	./scripts/llama-cpp.sh
+
+# The CPU engine side by side with llama.cpp, same machine, same run: awqc's resident memory, prefill
+# 512 and decode at batch 1 / 8 / 16 for the fp and the AWQ SmolLM2 (against the run's measured
+# bandwidth and matmul ceiling), then llama-bench pp512 / tg128 on the f32, Q4_0 and Q4_K_M GGUFs.
+bench-engine: awq-ci llama-cpp
+	$(AWQC) bench-engine --model $(SMOL) $(AWQ_CI)
+	./scripts/llama-cpp.sh --bench
+
+# Serving: output tokens/s, time to first token and inter-token latency at 1 / 4 / 16 concurrent
+# streams, llama-server (Q4_0) and awqc serve (AWQ g64) on the same prompts (scripts/bench-serve.py).
+bench-serve: awq-ci llama-cpp
+	./scripts/bench-serve.sh
 
 # Models larger than RAM (BENCHMARKS.md): a random 13B-shaped model (26 GB of f16 under out/),
 # quantized on 512 calibration tokens; about 1.5 h on 2 cores and 35 GB of disk.
