@@ -372,6 +372,12 @@ impl HostLlama {
     /// Fails before touching the cache or any sequence when a token is outside the vocabulary or
     /// the cache has too few free blocks for all items.
     pub fn step(&self, cache: &mut KvCache, items: &mut [StepItem]) -> Result<Vec<Vec<f32>>> {
+        // Run the step on a rayon worker: its parallel loops then fork and join inside the pool,
+        // where idle workers are still spinning between them, instead of each one waking the
+        // pool from outside and putting this thread to sleep (a few hundred loops per token).
+        if rayon::current_thread_index().is_none() {
+            return rayon::join(|| self.step(cache, items), || ()).0;
+        }
         let c = &self.config;
         let (hq, hkv, d, h) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size);
         let g = hq / hkv;
