@@ -18,5 +18,10 @@ pub mod model;
 pub mod quant;
 #[cfg(feature = "engine")]
 pub mod serve;
+/// Without the engine, `serve` is only its OpenAI request parsing (for the fuzz targets).
+#[cfg(not(feature = "engine"))]
+pub mod serve {
+    pub mod openai;
+}
 
 pub use error::{Error, ErrorKind, Result};

@@ -1126,3 +1126,33 @@ fn hand_made_bad_files_are_refused_by_the_parsers() {
     }
     assert!(targets::textfile(&[vec![3u8], read(&bad_file("text/short.txt"))].concat()), "short.txt is valid text");
 }
+
+/// Malformed `awqc serve` request bodies through the `openai_request` target: each is refused by
+/// both endpoints with a one-line 4xx OpenAI error (the target asserts that), never a panic.
+#[test]
+fn malformed_openai_requests_are_refused_by_the_parser() {
+    let deep = "[".repeat(10_000);
+    let bodies: [&[u8]; 15] = [
+        b"",
+        b" \n\t ",
+        b"{\"messages\": [",
+        b"\xff\xfe{}",
+        deep.as_bytes(),
+        b"[1, 2]",
+        b"null",
+        b"{}",
+        b"{\"messages\": [{\"role\": \"wizard\"}], \"prompt\": [[]]}",
+        b"{\"messages\": [], \"prompt\": []}",
+        b"{\"messages\": [{\"role\": \"user\"}], \"prompt\": \"x\", \"top_p\": 0}",
+        b"{\"messages\": [{\"role\": \"user\"}], \"prompt\": [4294967296], \"max_tokens\": 0}",
+        b"{\"messages\": [{\"role\": \"user\"}], \"prompt\": \"x\", \"temperature\": 1e999}",
+        // Found by fuzzing: finite as f64, infinite as the sampler's f32 (fuzz/regressions/openai_request/).
+        b"{\"messages\": [{\"role\": \"user\"}], \"prompt\": \"x\", \"temperature\": 1e40}",
+        b"{\"messages\": [{\"role\": \"user\"}], \"prompt\": \"x\", \"stop\": [\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\"]}",
+    ];
+    for b in bodies {
+        assert!(!targets::openai_request(b), "{:?} was accepted", String::from_utf8_lossy(&b[..b.len().min(80)]));
+    }
+    // A body both endpoints accept.
+    assert!(targets::openai_request(br#"{"messages": [{"role": "user", "content": "x"}], "prompt": "x"}"#));
+}

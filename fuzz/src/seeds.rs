@@ -51,6 +51,7 @@ pub fn seeds() -> Vec<Seed> {
     out.extend(text_seeds());
     out.extend(awq_seeds());
     out.extend(turbomind_seeds());
+    out.extend(openai_request_seeds());
     out
 }
 
@@ -411,4 +412,26 @@ fn turbomind_seeds() -> Vec<Seed> {
         out.push(seed("turbomind", "llama-yaml-only", without, true));
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// awqc serve request bodies
+
+/// Valid chat and completion bodies using every field the parser reads (and one it ignores).
+fn openai_request_seeds() -> Vec<Seed> {
+    [
+        ("chat-minimal.json", r#"{"messages": [{"role": "user", "content": "hi"}]}"#),
+        (
+            "chat-full.json",
+            r#"{"model": "m", "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": null}, {"role": "tool", "content": "42"}, {"role": "system", "content": "x"}],
+  "max_tokens": 5, "max_completion_tokens": 7, "temperature": 0.5, "top_p": 0.9, "top_k": -1, "seed": -3,
+  "stop": ["END", ""], "n": 1, "stream": true, "stream_options": {"include_usage": true}, "ignore_eos": false, "user": "ignored"}"#,
+        ),
+        ("completion-text.json", r#"{"model": "m", "prompt": "Once upon", "echo": true, "max_tokens": 3, "stop": "\n", "seed": 18446744073709551615}"#),
+        ("completion-ids.json", r#"{"prompt": [[1, 2, 3]], "temperature": 0, "top_k": 40, "stream": false, "stream_options": null}"#),
+        ("completion-list.json", r#"{"prompt": ["a"], "n": null, "ignore_eos": true}"#),
+    ]
+    .into_iter()
+    .map(|(name, body)| seed("openai_request", name, body.as_bytes().to_vec(), true))
+    .collect()
 }

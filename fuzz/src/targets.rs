@@ -22,6 +22,7 @@ use awqc::formats::tokenizer_json::HfTokenizer;
 use awqc::formats::turbomind::{parse_yaml, read_turbomind, to_yaml, Yaml, WEIGHTS_SUBDIR};
 use awqc::model::config::ModelConfig;
 use awqc::model::weights::SafetensorsRepo;
+use awqc::serve::openai::{chat_from_body, completion_from_body, ApiError, GenParams, PromptInput, MAX_STOP_STRINGS, ROLES};
 use awqc::tensor::DType;
 use awqc::{Error, ErrorKind};
 use safetensors::tensor::Dtype as StDtype;
@@ -39,6 +40,7 @@ pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
     ("awq_gemm", awq_gemm),
     ("turbomind_yaml", turbomind_yaml),
     ("turbomind", turbomind),
+    ("openai_request", openai_request),
 ];
 
 pub fn target(name: &str) -> Option<fn(&[u8]) -> bool> {
@@ -421,4 +423,65 @@ pub fn turbomind(data: &[u8]) -> bool {
         assert_eq!(l.down.w.shape, vec![m.config.hidden_size, m.config.intermediate_size]);
     }
     true
+}
+
+// ---------------------------------------------------------------------------------------------
+// awqc serve: OpenAI request bodies
+
+/// A refused request must be a client error (4xx) with a one-line message, a type and a code, and
+/// its `{"error": ...}` body must serialize.
+fn api_refused(e: &ApiError, endpoint: &str) {
+    assert!((400..500).contains(&e.status), "{endpoint}: status {} for a bad request: {e}", e.status);
+    assert!(!e.message.trim().is_empty(), "{endpoint}: empty error message: {e:?}");
+    assert!(!e.message.contains('\n'), "{endpoint}: multi-line error message: {:?}", e.message);
+    assert!(!e.kind.is_empty() && !e.code.is_empty(), "{endpoint}: error without a type or code: {e:?}");
+    if let Some(p) = &e.param {
+        assert!(!p.is_empty(), "{endpoint}: empty param: {e:?}");
+    }
+    serde_json::to_vec(&e.body()).expect("error bodies serialize");
+}
+
+/// What validation promises the handlers about the sampling fields.
+fn valid_params(p: &GenParams) {
+    assert!(p.max_tokens.is_none_or(|m| m >= 1), "max_tokens {:?}", p.max_tokens);
+    assert!(p.temperature.is_finite() && p.temperature >= 0.0, "temperature {}", p.temperature);
+    assert!(p.top_p > 0.0 && p.top_p <= 1.0, "top_p {}", p.top_p);
+    assert!(p.stop.len() <= MAX_STOP_STRINGS && p.stop.iter().all(|s| !s.is_empty()), "stop {:?}", p.stop);
+}
+
+/// The body of a `POST /v1/chat/completions` and of a `POST /v1/completions` request (the same
+/// bytes to both): parsed and validated as the server does, before the model is involved. Each is
+/// accepted or refused with an OpenAI-style 4xx error; an accepted one satisfies what the handlers
+/// rely on. True when either endpoint accepts the body.
+pub fn openai_request(data: &[u8]) -> bool {
+    let chat = match chat_from_body(data) {
+        Ok(r) => {
+            assert!(!r.messages.is_empty());
+            for m in &r.messages {
+                let role = m.get("role").and_then(|r| r.as_str()).expect("an accepted message has a string role");
+                assert!(ROLES.contains(&role) && role != "developer", "role {role:?} got through");
+            }
+            valid_params(&r.params);
+            true
+        }
+        Err(e) => {
+            api_refused(&e, "chat");
+            false
+        }
+    };
+    let completion = match completion_from_body(data) {
+        Ok(r) => {
+            match &r.prompt {
+                PromptInput::Text(_) => {}
+                PromptInput::Ids(ids) => assert!(!ids.is_empty(), "empty token id prompt"),
+            }
+            valid_params(&r.params);
+            true
+        }
+        Err(e) => {
+            api_refused(&e, "completion");
+            false
+        }
+    };
+    chat || completion
 }

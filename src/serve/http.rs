@@ -183,12 +183,7 @@ impl FromRequest<Shared> for JsonBody {
         if over {
             return Err(too_large());
         }
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request("invalid_json", "the request body is empty; expected a JSON object"));
-        }
-        serde_json::from_slice(&buf)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))
+        parse_json_body(&buf).map(JsonBody)
     }
 }
 

@@ -6,10 +6,14 @@
 //! `Deserialize`: serde's messages ("invalid type: string, expected f32 at line 1 column 9") do
 //! not say which field is wrong, and OpenAI clients send many fields awqc ignores (`user`,
 //! `presence_penalty`, ...), which must not be errors.
+//!
+//! This module needs only serde and serde_json: it is built without the `engine` feature too
+//! (the OpenAPI derives are behind it), for the `openai_request` fuzz target
+//! (`fuzz/src/targets.rs`), which feeds arbitrary bodies to [`chat_from_body`] and
+//! [`completion_from_body`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use utoipa::ToSchema;
 
 // ------------------------------------------------------------------------------------ errors
 
@@ -55,12 +59,14 @@ impl std::fmt::Display for ApiError {
 }
 
 /// The JSON body of every error response.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// What is wrong, in one sentence.
     pub message: String,
@@ -78,21 +84,24 @@ pub struct ErrorDetail {
 // ---------------------------------------------------------------------- request types (docs)
 
 /// `stop`: one string or a list of strings.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum StopDoc {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct StreamOptionsDoc {
     /// Send one more chunk before `[DONE]` with the `usage` counts and an empty `choices`.
     pub include_usage: Option<bool>,
 }
 
 /// `POST /v1/chat/completions`. Fields not listed here are accepted and ignored.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct ChatCompletionRequest {
     /// The served model's name (see `/v1/models`); optional, but another name is a 404.
     pub model: Option<String>,
@@ -124,7 +133,8 @@ pub struct ChatCompletionRequest {
 
 /// `prompt`: a string, a one-element list of strings, a list of token ids, or a one-element list
 /// of token id lists.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum PromptDoc {
     Text(String),
@@ -134,7 +144,8 @@ pub enum PromptDoc {
 }
 
 /// `POST /v1/completions`. Fields not listed here are accepted and ignored.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: PromptDoc,
@@ -155,7 +166,8 @@ pub struct CompletionRequest {
 
 // ----------------------------------------------------------------------------- response types
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -168,13 +180,15 @@ impl Usage {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct ChatMessageOut {
     pub role: String,
     pub content: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct ChatChoice {
     pub index: u32,
     pub message: ChatMessageOut,
@@ -183,7 +197,8 @@ pub struct ChatChoice {
     pub logprobs: Option<Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct ChatCompletionResponse {
     pub id: String,
     /// "chat.completion"
@@ -194,7 +209,8 @@ pub struct ChatCompletionResponse {
     pub usage: Usage,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct Delta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
@@ -202,7 +218,8 @@ pub struct Delta {
     pub content: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct ChatChunkChoice {
     pub index: u32,
     pub delta: Delta,
@@ -211,7 +228,8 @@ pub struct ChatChunkChoice {
 }
 
 /// One server-sent event of a streamed chat completion.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct ChatCompletionChunk {
     pub id: String,
     /// "chat.completion.chunk"
@@ -224,7 +242,8 @@ pub struct ChatCompletionChunk {
     pub usage: Option<Usage>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
@@ -233,7 +252,8 @@ pub struct CompletionChoice {
 }
 
 /// A completion, or (with `stream`) one server-sent event of it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct CompletionResponse {
     pub id: String,
     /// "text_completion"
@@ -245,7 +265,8 @@ pub struct CompletionResponse {
     pub usage: Option<Usage>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct ModelCard {
     pub id: String,
     /// "model"
@@ -256,14 +277,16 @@ pub struct ModelCard {
     pub max_model_len: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct ModelList {
     /// "list"
     pub object: String,
     pub data: Vec<ModelCard>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct Health {
     /// "ok", "loading" or "shutting_down".
     pub status: String,
@@ -394,6 +417,10 @@ fn parse_params(f: &Fields, max_tokens_keys: &[&str]) -> Result<GenParams, ApiEr
     if temperature < 0.0 {
         return Err(ApiError::param("temperature", format!("temperature must be >= 0, got {temperature}")));
     }
+    // The sampler takes an f32: a larger finite f64 would become infinity there.
+    if temperature > f32::MAX as f64 {
+        return Err(ApiError::param("temperature", format!("temperature is too large: {temperature}")));
+    }
     let top_p = f.number("top_p")?.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::param("top_p", format!("top_p must be in (0, 1], got {top_p}")));
@@ -515,6 +542,27 @@ pub fn parse_completion(body: &Value) -> Result<CompletionRequestParsed, ApiErro
     Ok(CompletionRequestParsed { model, prompt, echo, params })
 }
 
+// --------------------------------------------------------------------------------- raw bodies
+
+/// A request body (already under the size limit) as JSON: 400 `invalid_json` when it is empty
+/// (whitespace only) or not valid JSON. The HTTP layer's `JsonBody` extractor ends with this.
+pub fn parse_json_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("invalid_json", "the request body is empty; expected a JSON object"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))
+}
+
+/// A `POST /v1/chat/completions` body, from bytes to a validated request or the error.
+pub fn chat_from_body(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    parse_chat(&parse_json_body(body)?)
+}
+
+/// A `POST /v1/completions` body, from bytes to a validated request or the error.
+pub fn completion_from_body(body: &[u8]) -> Result<CompletionRequestParsed, ApiError> {
+    parse_completion(&parse_json_body(body)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,6 +610,7 @@ mod tests {
             (json!({"messages": m, "max_tokens": "10"}), Some("max_tokens")),
             (json!({"messages": m, "temperature": -0.1}), Some("temperature")),
             (json!({"messages": m, "temperature": "hot"}), Some("temperature")),
+            (json!({"messages": m, "temperature": 1e40}), Some("temperature")),
             (json!({"messages": m, "top_p": 0}), Some("top_p")),
             (json!({"messages": m, "top_p": 1.5}), Some("top_p")),
             (json!({"messages": m, "top_k": -2}), Some("top_k")),
