@@ -75,9 +75,31 @@ impl HostLinear {
     }
 }
 
-/// `y[M, N] = x[M, K] · w[N, K]ᵀ` with the `gemm` crate (w read through a transposed view).
+/// `y[M, N] = x[M, K] · w[N, K]ᵀ`. Up to 4 rows (decode): one pass over `w`, each weight row
+/// dotted with every activation row (memory-bound). More rows: the `gemm` crate (w read through a
+/// transposed view), faster from there on; its blocking may depend on M, so full-precision models
+/// are not batch-invariant (the INT4 path is).
 fn matmul_f32_nt(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
     assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n);
+    if m <= 4 {
+        // Tasks own blocks of 64 weight rows; the block's outputs are `[rows, M]`, scattered after.
+        const ROWS: usize = 64;
+        let mut yt = vec![0f32; n * m];
+        yt.par_chunks_mut(ROWS * m).enumerate().for_each(|(b, out)| {
+            for (r, o) in out.chunks_mut(m).enumerate() {
+                let wr = &w[(b * ROWS + r) * k..(b * ROWS + r + 1) * k];
+                for (i, oi) in o.iter_mut().enumerate() {
+                    *oi = dot(&x[i * k..(i + 1) * k], wr);
+                }
+            }
+        });
+        for (j, row) in yt.chunks(m).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                y[i * n + j] = v;
+            }
+        }
+        return;
+    }
     let par = if m * n * k >= 1 << 16 { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
     // SAFETY: the extents and strides below describe exactly the asserted slice lengths, and y
     // aliases neither x nor w.
@@ -87,6 +109,20 @@ fn matmul_f32_nt(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usi
             0.0f32, 1.0f32, false, false, false, par,
         );
     }
+}
+
+/// `a · b` with 16 partial sums (vectorises; fixed order).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (av, bv) in ac.zip(bc) {
+        for t in 0..16 {
+            acc[t] += av[t] * bv[t];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// An embedding table `[V, H]`, also the LM head when tied (logits = h·Eᵀ).
@@ -481,16 +517,7 @@ fn attend_one(q: &[f32], k: &[f32], v: &[f32], sc: &mut [f32], scale: f32, out: 
     let mut m = f32::NEG_INFINITY;
     for (j, s) in sc.iter_mut().enumerate() {
         let kj = &k[j * d..(j + 1) * d];
-        // 16 partial sums so the dot product vectorises; fixed order.
-        let mut acc = [0f32; 16];
-        let (qc, kc) = (q.chunks_exact(16), kj.chunks_exact(16));
-        let tail: f32 = qc.remainder().iter().zip(kc.remainder()).map(|(a, b)| a * b).sum();
-        for (qv, kv) in qc.zip(kc) {
-            for t in 0..16 {
-                acc[t] += qv[t] * kv[t];
-            }
-        }
-        *s = (acc.iter().sum::<f32>() + tail) * scale;
+        *s = dot(q, kj) * scale;
         m = m.max(*s);
     }
     let mut z = 0f32;
