@@ -8,25 +8,13 @@
 //!   only the logits come back.
 
 use crate::engine::gpu::{self, DeviceKv, RopeArgs};
-use crate::engine::host::StepItem;
+use crate::engine::host::{rope_at, StepItem};
 use crate::engine::kv_cache::{host_free_bytes, CacheLayout, KvCache, QuantPolicy, SeqState, BLOCK_LEN};
 use crate::engine::llama::{download, rms_norm, upload, Llama};
 use crate::error::{Error, Result};
 use awqc_kernels::kv_cache::BlockTables;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-
-/// Rotate-half RoPE of one head vector at position `p` with a sequence's frequencies.
-fn rope_at(x: &mut [f32], p: usize, inv_freq: &[f64], scale: f64) {
-    let half = x.len() / 2;
-    for j in 0..half {
-        let a = p as f64 * inv_freq[j];
-        let (c, s) = ((a.cos() * scale) as f32, (a.sin() * scale) as f32);
-        let (x0, x1) = (x[j], x[j + half]);
-        x[j] = x0 * c - x1 * s;
-        x[j + half] = x1 * c + x0 * s;
-    }
-}
 
 impl<B: Backend> Llama<B> {
     /// Make the prefill path read K/V as a cache with this policy would return them.
