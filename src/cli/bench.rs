@@ -93,8 +93,9 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// Best-of-3 GFLOP/s of `run` (after one warm-up call), which does `flops` operations.
-fn best_of_3_gflops(flops: f64, run: impl Fn()) -> f64 {
+/// Best-of-3 GFLOP/s of `run` (after one warm-up call), which does `flops` operations (or GB/s
+/// when given bytes).
+pub fn best_of_3_gflops(flops: f64, run: impl Fn()) -> f64 {
     run();
     (0..3)
         .map(|_| {

@@ -4,7 +4,7 @@
 //! against the machine's own ceilings measured in the same run: memory bandwidth (decode is bound
 //! by reading the weights) and an f32 matmul (prefill is bound by arithmetic).
 
-use crate::cli::bench::forward_flops_per_token;
+use crate::cli::bench::{best_of_3_gflops, forward_flops_per_token};
 use crate::engine::device::CpuBackend;
 use crate::engine::host::StepItem;
 use crate::engine::kv_cache::{QuantPolicy, SeqState};
@@ -53,13 +53,11 @@ pub struct EngineRow {
     pub of_ceiling: f64,
 }
 
-/// Read bandwidth of this machine in GB/s: best of 3 passes over 1 GiB on all threads (8
+/// Read bandwidth of this machine in GB/s: best of 3 passes over 1 GiB on all threads (16
 /// independent lanes per task so the sum vectorises and the loads, not the adds, limit it).
 pub fn memory_bandwidth_gbps() -> f64 {
     let buf: Vec<f32> = (0..(1usize << 28)).into_par_iter().map(|i| (i & 7) as f32).collect();
-    let mut best = 0f64;
-    for _ in 0..3 {
-        let t0 = Instant::now();
+    best_of_3_gflops((buf.len() * 4) as f64, || {
         let s: f32 = buf
             .par_chunks(1 << 16)
             .map(|c| {
@@ -72,11 +70,8 @@ pub fn memory_bandwidth_gbps() -> f64 {
                 acc.iter().sum::<f32>()
             })
             .sum();
-        let dt = t0.elapsed().as_secs_f64();
         std::hint::black_box(s);
-        best = best.max((buf.len() * 4) as f64 / dt / 1e9);
-    }
-    best
+    })
 }
 
 /// f32 matmul ceiling in GFLOP/s (2048³ through the `gemm` crate on all threads, best of 3).
@@ -84,10 +79,9 @@ pub fn matmul_ceiling_gflops() -> f64 {
     let n = 2048;
     let a: Vec<f32> = (0..n * n).map(|i| (i % 13) as f32 * 0.1).collect();
     let b = a.clone();
-    let mut c = vec![0f32; n * n];
-    let mut best = 0f64;
-    for _ in 0..4 {
-        let t0 = Instant::now();
+    let c = std::cell::RefCell::new(vec![0f32; n * n]);
+    best_of_3_gflops(2.0 * (n as f64).powi(3), || {
+        let mut c = c.borrow_mut();
         // SAFETY: three distinct n x n row-major buffers.
         unsafe {
             gemm::gemm(
@@ -95,9 +89,7 @@ pub fn matmul_ceiling_gflops() -> f64 {
                 0.0f32, 1.0f32, false, false, false, gemm::Parallelism::Rayon(rayon::current_num_threads()),
             );
         }
-        best = best.max(2.0 * (n as f64).powi(3) / t0.elapsed().as_secs_f64() / 1e9);
-    }
-    best
+    })
 }
 
 fn rss_mib() -> f64 {
@@ -146,8 +138,10 @@ fn decode_batch(m: &Llama<CpuBackend>, batch: usize, tokens: usize) -> Result<f6
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// The greedy choice (the sampler at temperature 0).
 fn argmax(l: &[f32]) -> u32 {
-    l.iter().enumerate().fold(0, |b, (i, &x)| if x > l[b] { i } else { b }) as u32
+    let greedy = crate::engine::generate::SamplerConfig { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0 };
+    crate::engine::generate::sample(l, &greedy, &mut crate::model::synth::SplitMix(0))
 }
 
 /// One model's rows and memory line, measured in this process (load first, so the resident

@@ -178,17 +178,8 @@ impl<B: Backend> Llama<B> {
         if let (Some(host), false) = (&self.host, cache.is_device()) {
             return host.step(cache, items);
         }
-        let mut out = Vec::with_capacity(items.len());
-        for it in items.iter_mut() {
-            out.push(if it.seq.len == 0 { self.prefill(cache, it.seq, it.tokens)? } else {
-                let mut l = Vec::new();
-                for &t in it.tokens {
-                    l = self.decode_step(cache, it.seq, t)?;
-                }
-                l
-            });
-        }
-        Ok(out)
+        // `prefill` takes a fresh prompt in one pass and continues a sequence token by token.
+        items.iter_mut().map(|it| self.prefill(cache, it.seq, it.tokens)).collect()
     }
 
     /// [`Llama::decode_step`] on a device cache.

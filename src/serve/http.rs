@@ -389,6 +389,25 @@ struct StreamState {
 }
 
 impl StreamState {
+    /// The stream of one request: nothing queued yet, no tokens counted.
+    #[allow(clippy::too_many_arguments)]
+    fn new(rx: UnboundedReceiver<GenEvent>, p: &GenParams, prompter: Arc<Prompter>, shape: Shape, id: String, created: u64, model: String, prompt_tokens: usize) -> Self {
+        StreamState {
+            rx: Some(rx),
+            ts: TextStream::new(p.stop.clone()),
+            prompter,
+            queue: VecDeque::new(),
+            done: false,
+            shape,
+            id,
+            created,
+            model,
+            prompt_tokens,
+            completion_tokens: 0,
+            include_usage: p.include_usage,
+        }
+    }
+
     fn chunk(&self, text: Option<String>, role: bool, finish: Option<String>) -> String {
         let v = match self.shape {
             Shape::Chat => serde_json::to_value(ChatCompletionChunk {
@@ -541,20 +560,7 @@ async fn chat_completions(State(st): State<Shared>, JsonBody(body): JsonBody) ->
     let id = st.next_id("chatcmpl");
     let created = unix_now();
     if p.stream {
-        let mut s = StreamState {
-            rx: Some(rx),
-            ts: TextStream::new(p.stop.clone()),
-            prompter: r.prompter.clone(),
-            queue: VecDeque::new(),
-            done: false,
-            shape: Shape::Chat,
-            id,
-            created,
-            model: st.model_name.clone(),
-            prompt_tokens,
-            completion_tokens: 0,
-            include_usage: p.include_usage,
-        };
+        let mut s = StreamState::new(rx, &p, r.prompter.clone(), Shape::Chat, id, created, st.model_name.clone(), prompt_tokens);
         let first = s.chunk(Some(String::new()), true, None);
         s.queue.push_back(first);
         return Ok(sse(s));
@@ -604,20 +610,7 @@ async fn completions(State(st): State<Shared>, JsonBody(body): JsonBody) -> Resu
     let id = st.next_id("cmpl");
     let created = unix_now();
     if p.stream {
-        let mut s = StreamState {
-            rx: Some(rx),
-            ts: TextStream::new(p.stop.clone()),
-            prompter: r.prompter.clone(),
-            queue: VecDeque::new(),
-            done: false,
-            shape: Shape::Completion,
-            id,
-            created,
-            model: st.model_name.clone(),
-            prompt_tokens,
-            completion_tokens: 0,
-            include_usage: p.include_usage,
-        };
+        let mut s = StreamState::new(rx, &p, r.prompter.clone(), Shape::Completion, id, created, st.model_name.clone(), prompt_tokens);
         if req.echo && !prompt_text.is_empty() {
             s.text(prompt_text);
         }
