@@ -42,7 +42,7 @@ fn prompt(i: usize) -> Vec<u32> {
 
 fn submit(e: &EngineHandle, p: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> UnboundedReceiver<GenEvent> {
     let (tx, rx) = unbounded_channel();
-    e.submit(GenRequest { prompt: p, max_tokens, sampling, stop_ids: vec![], events: tx }).unwrap();
+    e.submit(GenRequest { prompt: p, max_tokens, sampling, stop_ids: vec![], events: tx, constraint: None }).unwrap();
     rx
 }
 
@@ -99,7 +99,7 @@ fn seeded_sampling_is_reproducible_and_stop_ids_stop() {
     assert_ne!(a, c, "a different seed should draw differently");
     // A stop id: the sequence ends before emitting it.
     let (tx, mut rx) = unbounded_channel();
-    e.submit(GenRequest { prompt: prompt(2), max_tokens: 20, sampling: s, stop_ids: vec![a[3]], events: tx }).unwrap();
+    e.submit(GenRequest { prompt: prompt(2), max_tokens: 20, sampling: s, stop_ids: vec![a[3]], events: tx, constraint: None }).unwrap();
     let (toks, reason) = collect(&mut rx);
     let first = a.iter().position(|&t| t == a[3]).unwrap();
     assert_eq!((toks.as_slice(), reason), (&a[..first], FinishReason::Stop));
@@ -131,13 +131,13 @@ fn limits_are_refused_with_the_right_error() {
     let e = engine(1, 2);
     let too_long: Vec<u32> = vec![1; 256];
     let (tx, _rx) = unbounded_channel();
-    let err = e.submit(GenRequest { prompt: too_long, max_tokens: 1, sampling: greedy(), stop_ids: vec![], events: tx }).unwrap_err();
+    let err = e.submit(GenRequest { prompt: too_long, max_tokens: 1, sampling: greedy(), stop_ids: vec![], events: tx, constraint: None }).unwrap_err();
     assert_eq!(err, SubmitError::PromptTooLong { prompt: 256, limit: 256 });
     // Two in flight (one runs, one waits): the third is refused.
     let mut a = submit(&e, prompt(1), 30, greedy());
     let mut b = submit(&e, prompt(2), 30, greedy());
     let (tx, _rx) = unbounded_channel();
-    let err = e.submit(GenRequest { prompt: prompt(3), max_tokens: 3, sampling: greedy(), stop_ids: vec![], events: tx }).unwrap_err();
+    let err = e.submit(GenRequest { prompt: prompt(3), max_tokens: 3, sampling: greedy(), stop_ids: vec![], events: tx, constraint: None }).unwrap_err();
     assert_eq!(err, SubmitError::Overloaded { limit: 2 });
     assert_eq!(collect(&mut a).0.len(), 30);
     assert_eq!(collect(&mut b).0.len(), 30);
@@ -146,6 +146,6 @@ fn limits_are_refused_with_the_right_error() {
     assert_eq!((toks.len(), reason), (256 - prompt(0).len(), FinishReason::Length));
     e.shutdown();
     let (tx, _rx) = unbounded_channel();
-    assert_eq!(e.submit(GenRequest { prompt: prompt(0), max_tokens: 1, sampling: greedy(), stop_ids: vec![], events: tx }).unwrap_err(), SubmitError::ShuttingDown);
+    assert_eq!(e.submit(GenRequest { prompt: prompt(0), max_tokens: 1, sampling: greedy(), stop_ids: vec![], events: tx, constraint: None }).unwrap_err(), SubmitError::ShuttingDown);
     e.join();
 }

@@ -75,6 +75,10 @@ pub struct Args {
     /// Largest request body in bytes (413 above).
     #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
     pub max_body_bytes: usize,
+    /// Tool-call syntax: auto (read from the chat template; a template without one gets a generic
+    /// <tool_call> JSON format in the system prompt), hermes (Qwen2.5, Hermes), llama3, internlm2.
+    #[arg(long, default_value = "auto", value_parser = clap::builder::PossibleValuesParser::new(crate::serve::toolcall::PARSER_FLAG_VALUES))]
+    pub tool_call_parser: String,
     /// Wait this many milliseconds before loading the model (tests of the 503-while-loading path).
     #[arg(long, default_value_t = 0, hide = true)]
     pub load_delay_ms: u64,
@@ -91,5 +95,6 @@ pub fn run(a: Args, _json: bool) -> Result<()> {
         model_name,
         body_limit: a.max_body_bytes,
         load_delay: std::time::Duration::from_millis(a.load_delay_ms),
+        tool_call_parser: a.tool_call_parser,
     })
 }

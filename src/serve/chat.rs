@@ -106,6 +106,7 @@ pub fn run(o: ChatOptions) -> Result<()> {
             sampling,
             stop_ids: prompter.stop_ids().to_vec(),
             events: tx,
+            constraint: None,
         };
         if let Err(e) = engine.submit(req) {
             eprintln!("awqc chat: {e}");

@@ -18,7 +18,8 @@
 use crate::serve::detok::TextStream;
 use crate::serve::model::{random_seed, Prompter};
 use crate::serve::openai::*;
-use crate::serve::scheduler::{EngineHandle, FinishReason, GenEvent, GenRequest, SamplingParams, SubmitError};
+use crate::serve::scheduler::{Constraint, EngineHandle, FinishReason, GenEvent, GenRequest, SamplingParams, SubmitError};
+use crate::serve::toolcall::{split_answer, CallPiece, CallStream};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -288,7 +289,7 @@ fn submit_error(e: SubmitError) -> ApiError {
 }
 
 /// Check the prompt against the session, work out max_tokens, and hand the request to the engine.
-fn submit(r: &Ready, prompt: Vec<u32>, p: &GenParams, prompt_param: &str) -> Result<UnboundedReceiver<GenEvent>, ApiError> {
+fn submit(r: &Ready, prompt: Vec<u32>, p: &GenParams, prompt_param: &str, constraint: Option<Box<dyn Constraint>>) -> Result<UnboundedReceiver<GenEvent>, ApiError> {
     let n = prompt.len();
     let session = r.session_len;
     if n == 0 {
@@ -315,7 +316,7 @@ fn submit(r: &Ready, prompt: Vec<u32>, p: &GenParams, prompt_param: &str) -> Res
     };
     let sampling = SamplingParams { temperature: p.temperature, top_p: p.top_p, top_k: p.top_k, seed: p.seed.unwrap_or_else(random_seed) };
     let (tx, rx) = unbounded_channel();
-    let req = GenRequest { prompt, max_tokens, sampling, stop_ids: if p.ignore_eos { Vec::new() } else { r.prompter.stop_ids().to_vec() }, events: tx };
+    let req = GenRequest { prompt, max_tokens, sampling, stop_ids: if p.ignore_eos { Vec::new() } else { r.prompter.stop_ids().to_vec() }, events: tx, constraint };
     r.engine.submit(req).map_err(|e| {
         let mut err = submit_error(e);
         if err.code == "context_length_exceeded" {
@@ -386,6 +387,8 @@ struct StreamState {
     prompt_tokens: usize,
     completion_tokens: usize,
     include_usage: bool,
+    /// Tool-call parsing of a chat answer (the request declared tools).
+    calls: Option<CallStream>,
 }
 
 impl StreamState {
@@ -405,6 +408,7 @@ impl StreamState {
             prompt_tokens,
             completion_tokens: 0,
             include_usage: p.include_usage,
+            calls: None,
         }
     }
 
@@ -417,7 +421,7 @@ impl StreamState {
                 model: self.model.clone(),
                 choices: vec![ChatChunkChoice {
                     index: 0,
-                    delta: Delta { role: role.then(|| "assistant".into()), content: text },
+                    delta: Delta { role: role.then(|| "assistant".into()), content: text, tool_calls: None },
                     finish_reason: finish,
                     logprobs: None,
                 }],
@@ -459,18 +463,63 @@ impl StreamState {
     }
 
     fn text(&mut self, t: String) {
+        if let Some(calls) = self.calls.as_mut() {
+            let pieces = calls.push(&t);
+            self.pieces(pieces);
+        } else {
+            self.content(t);
+        }
+    }
+
+    fn content(&mut self, t: String) {
         if !t.is_empty() {
             let c = self.chunk(Some(t), false, None);
             self.queue.push_back(c);
         }
     }
 
+    /// Tool-call parser output as chunks: content deltas, and `tool_calls` deltas.
+    fn pieces(&mut self, pieces: Vec<CallPiece>) {
+        for p in pieces {
+            let delta = match p {
+                CallPiece::Content(t) => {
+                    self.content(t);
+                    continue;
+                }
+                CallPiece::Start { index, id, name } => ToolCallDelta {
+                    index,
+                    id: Some(id),
+                    kind: Some("function".into()),
+                    function: FunctionDelta { name: Some(name), arguments: String::new() },
+                },
+                CallPiece::Args { index, delta } => ToolCallDelta { index, id: None, kind: None, function: FunctionDelta { name: None, arguments: delta } },
+            };
+            let v = serde_json::to_value(ChatCompletionChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk".into(),
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![ChatChunkChoice { index: 0, delta: Delta { role: None, content: None, tool_calls: Some(vec![delta]) }, finish_reason: None, logprobs: None }],
+                usage: None,
+            });
+            self.queue.push_back(v.map(|v| v.to_string()).unwrap_or_default());
+        }
+    }
+
     fn finish(&mut self, tail: String, reason: FinishReason) {
         self.text(tail);
+        let mut finish = finish_str(reason);
+        if let Some(mut calls) = self.calls.take() {
+            let pieces = calls.finish();
+            self.pieces(pieces);
+            if calls.any_call() {
+                finish = "tool_calls".into();
+            }
+        }
         let last = match self.shape {
             // The final chat chunk has an empty delta.
-            Shape::Chat => self.chunk(None, false, Some(finish_str(reason))),
-            Shape::Completion => self.chunk(Some(String::new()), false, Some(finish_str(reason))),
+            Shape::Chat => self.chunk(None, false, Some(finish)),
+            Shape::Completion => self.chunk(Some(String::new()), false, Some(finish)),
         };
         self.queue.push_back(last);
         if self.include_usage {
@@ -548,7 +597,21 @@ async fn chat_completions(State(st): State<Shared>, JsonBody(body): JsonBody) ->
     let req = parse_chat(&body)?;
     st.check_model(req.model.as_deref())?;
     let r = st.ready()?;
-    let text = r.prompter.render_chat(&req.messages).map_err(|e| {
+    // Tools: what the template sees, the grammar, and whether the answer is parsed for calls.
+    let setup = r.prompter.tools.as_ref();
+    let (messages, tools) = match setup {
+        Some(ts) => ts.prompt(&req.messages, &req.tools, &req.tool_choice),
+        None => (req.messages.clone(), None),
+    };
+    let constraint: Option<Box<dyn Constraint>> = match setup {
+        Some(ts) => ts.grammar(&req.tools, &req.tool_choice, req.parallel_tool_calls, &req.response_format)?.map(|g| Box::new(g) as Box<dyn Constraint>),
+        None if req.response_format != ResponseFormat::Text || !req.tools.is_empty() => {
+            return Err(ApiError::param("tools", "this server was started without function calling"));
+        }
+        None => None,
+    };
+    let parser = setup.filter(|_| !req.tools.is_empty() && req.tool_choice != ToolChoice::None).map(|ts| ts.parser);
+    let text = r.prompter.render_chat_tools(&messages, tools.as_deref()).map_err(|e| {
         let mut err = ApiError::bad_request("invalid_messages", format!("cannot apply the chat template to these messages: {e}"));
         err.param = Some("messages".into());
         err
@@ -556,16 +619,28 @@ async fn chat_completions(State(st): State<Shared>, JsonBody(body): JsonBody) ->
     let prompt = r.prompter.encode_chat(&text).map_err(|e| engine_error(e.to_string()))?;
     let prompt_tokens = prompt.len();
     let p = req.params;
-    let rx = submit(&r, prompt, &p, "messages")?;
+    let rx = submit(&r, prompt, &p, "messages", constraint)?;
     let id = st.next_id("chatcmpl");
     let created = unix_now();
     if p.stream {
         let mut s = StreamState::new(rx, &p, r.prompter.clone(), Shape::Chat, id, created, st.model_name.clone(), prompt_tokens);
+        if let Some(kind) = parser {
+            let st2 = st.clone();
+            s.calls = Some(CallStream::new(kind, &req.tools, Box::new(move || st2.next_id("call"))));
+        }
         let first = s.chunk(Some(String::new()), true, None);
         s.queue.push_back(first);
         return Ok(sse(s));
     }
     let (content, reason, n) = collect(rx, &r.prompter, p.stop).await?;
+    let (content, tool_calls, finish) = match parser {
+        Some(kind) => {
+            let (content, calls) = split_answer(kind, &req.tools, &content, || st.next_id("call"));
+            let finish = if calls.is_empty() { finish_str(reason) } else { "tool_calls".into() };
+            (content, (!calls.is_empty()).then_some(calls), finish)
+        }
+        None => (Some(content), None, finish_str(reason)),
+    };
     Ok(Json(ChatCompletionResponse {
         id,
         object: "chat.completion".into(),
@@ -573,8 +648,8 @@ async fn chat_completions(State(st): State<Shared>, JsonBody(body): JsonBody) ->
         model: st.model_name.clone(),
         choices: vec![ChatChoice {
             index: 0,
-            message: ChatMessageOut { role: "assistant".into(), content },
-            finish_reason: Some(finish_str(reason)),
+            message: ChatMessageOut { role: "assistant".into(), content, tool_calls },
+            finish_reason: Some(finish),
             logprobs: None,
         }],
         usage: Usage::new(prompt_tokens, n),
@@ -606,7 +681,7 @@ async fn completions(State(st): State<Shared>, JsonBody(body): JsonBody) -> Resu
     };
     let prompt_tokens = prompt.len();
     let p = req.params;
-    let rx = submit(&r, prompt, &p, "prompt")?;
+    let rx = submit(&r, prompt, &p, "prompt", None)?;
     let id = st.next_id("cmpl");
     let created = unix_now();
     if p.stream {
@@ -655,6 +730,7 @@ impl utoipa::Modify for BearerAuth {
     paths(list_models, chat_completions, completions, health, metrics),
     components(schemas(ErrorBody, ErrorDetail, ChatCompletionRequest, CompletionRequest, StopDoc, PromptDoc, StreamOptionsDoc,
         ChatCompletionResponse, ChatChoice, ChatMessageOut, ChatCompletionChunk, ChatChunkChoice, Delta,
+        ToolCallOut, FunctionCallOut, ToolCallDelta, FunctionDelta,
         CompletionResponse, CompletionChoice, Usage, ModelList, ModelCard, Health)),
     modifiers(&BearerAuth),
     tags((name = "openai", description = "OpenAI-compatible endpoints"), (name = "server", description = "Health and metrics")),

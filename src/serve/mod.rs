@@ -10,11 +10,14 @@
 //! stops the engine and exits 0; a second Ctrl-C exits at once (130).
 pub mod chat;
 pub mod detok;
+pub mod grammar;
 pub mod http;
 pub mod model;
 pub mod openai;
 pub mod scheduler;
 pub mod template;
+pub mod toolcall;
+pub mod tools;
 
 use crate::error::{Error, Result};
 use http::{AppState, Ready};
@@ -37,6 +40,8 @@ pub struct ServeOptions {
     pub body_limit: usize,
     /// Wait this long before loading (to test the 503-while-loading path).
     pub load_delay: Duration,
+    /// `--tool-call-parser`: auto (from the chat template), hermes, llama3, internlm2.
+    pub tool_call_parser: String,
 }
 
 /// Run the server until SIGTERM / Ctrl-C (or a failed model load, returned as the error).
@@ -46,7 +51,13 @@ pub fn run(o: ServeOptions) -> Result<()> {
         return Err(Error::usage("--api-keys: a key must not be empty"));
     }
     // The tokenizer and the chat template are quick to read: their errors come before the bind.
-    let prompter = Prompter::load(&o.engine.model, o.engine.chat_template.as_deref())?;
+    let mut prompter = Prompter::load(&o.engine.model, o.engine.chat_template.as_deref())?;
+    // Function calling: the grammar vocabulary (a trie of the model's token bytes) and the syntax.
+    let env = grammar::GrammarEnv::new(&o.engine.model.join("tokenizer.json"), prompter.tok.vocab_size(), prompter.stop_ids())?;
+    let setup = toolcall::ToolSetup::new(&o.tool_call_parser, &prompter.template_text, prompter.template_supports_tools(), Arc::new(env))
+        .map_err(|e| Error::usage(format!("--tool-call-parser: {e}")))?;
+    crate::progress::status(&format!("awqc serve: {}", setup.describe()));
+    prompter.tools = Some(setup);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("awqc-http")

@@ -101,7 +101,11 @@ pub struct Prompter {
     template: ChatTemplate,
     /// Where the template came from, for messages.
     pub template_source: String,
+    /// The template's text (the tool-call syntax is read from it).
+    pub template_text: String,
     stop_ids: Vec<u32>,
+    /// Function calling (`awqc serve` sets it up; `chat` has none).
+    pub tools: Option<crate::serve::toolcall::ToolSetup>,
 }
 
 /// EOS ids declared in a JSON config file (`eos_token_id`: an id or a list of ids).
@@ -135,7 +139,7 @@ impl Prompter {
         stop_ids.extend(END_OF_TURN_TOKENS.iter().filter_map(|t| tok.token_to_id(t)));
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        Ok(Prompter { tok, template, template_source, stop_ids })
+        Ok(Prompter { tok, template, template_source, template_text: source, stop_ids, tools: None })
     }
 
     /// Add the loaded model's EOS (from its config) to the stop tokens.
@@ -153,8 +157,18 @@ impl Prompter {
 
     /// The prompt text of a conversation, ending with the assistant's generation prompt.
     pub fn render_chat(&self, messages: &[Value]) -> Result<String> {
+        self.render_chat_tools(messages, None)
+    }
+
+    /// [`Prompter::render_chat`] with the request's `tools` (OpenAI form) passed to the template.
+    pub fn render_chat_tools(&self, messages: &[Value], tools: Option<&[Value]>) -> Result<String> {
         let messages = normalize_messages(messages)?;
-        self.template.render(&messages, None, true)
+        self.template.render(&messages, tools, true)
+    }
+
+    /// Whether the chat template uses `tools`.
+    pub fn template_supports_tools(&self) -> bool {
+        self.template.supports_tools()
     }
 
     /// Ids of a rendered chat prompt. The template already wrote the BOS token when the model

@@ -129,6 +129,19 @@ pub struct ChatCompletionRequest {
     pub stream_options: Option<StreamOptionsDoc>,
     /// Extension (vLLM, lmdeploy): keep generating past EOS / end-of-turn tokens.
     pub ignore_eos: Option<bool>,
+    /// `[{"type": "function", "function": {"name", "description", "parameters"}}]`: functions the
+    /// model may call. `parameters` is a JSON Schema; tutorial spellings (`"type": "int"`) are
+    /// normalized.
+    pub tools: Option<Vec<Value>>,
+    /// "none", "auto" (default with tools), "required", or
+    /// `{"type": "function", "function": {"name": ...}}`. "required" and a named function are
+    /// enforced by grammar-constrained sampling: the call always parses and matches the schema.
+    pub tool_choice: Option<Value>,
+    /// Allow several calls in one answer (default true).
+    pub parallel_tool_calls: Option<bool>,
+    /// `{"type": "text" | "json_object"}` or `{"type": "json_schema", "json_schema": {"name",
+    /// "schema"}}`: the answer is constrained to JSON (matching the schema).
+    pub response_format: Option<Value>,
 }
 
 /// `prompt`: a string, a one-element list of strings, a list of token ids, or a one-element list
@@ -184,7 +197,52 @@ impl Usage {
 #[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
 pub struct ChatMessageOut {
     pub role: String,
-    pub content: String,
+    /// The text; null when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
+}
+
+/// A function call the model made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
+pub struct ToolCallOut {
+    /// `call_...`, unique within the server's lifetime.
+    pub id: String,
+    /// "function"
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// The arguments as a JSON text (an object).
+    pub arguments: String,
+}
+
+/// A streamed piece of a tool call: the first one of each call carries `id`, `type` and
+/// `function.name` (and empty arguments); the `function.arguments` pieces that follow concatenate
+/// to the call's arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub function: FunctionDelta,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "engine", derive(utoipa::ToSchema))]
+pub struct FunctionDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,7 +250,8 @@ pub struct ChatMessageOut {
 pub struct ChatChoice {
     pub index: u32,
     pub message: ChatMessageOut,
-    /// "stop" (EOS, an end-of-turn token or a stop string) or "length".
+    /// "stop" (EOS, an end-of-turn token or a stop string), "length", or "tool_calls" (the
+    /// answer holds tool calls).
     pub finish_reason: Option<String>,
     pub logprobs: Option<Value>,
 }
@@ -216,6 +275,8 @@ pub struct Delta {
     pub role: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -317,6 +378,57 @@ pub struct ChatRequest {
     pub model: Option<String>,
     pub messages: Vec<Value>,
     pub params: GenParams,
+    /// Declared functions, schemas normalized (empty: no tools).
+    pub tools: Vec<ToolDef>,
+    pub tool_choice: ToolChoice,
+    pub parallel_tool_calls: bool,
+    pub response_format: ResponseFormat,
+}
+
+/// One declared function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolDef {
+    pub name: String,
+    pub description: Option<String>,
+    /// A JSON Schema object (normalized; `{"type": "object", "properties": {}}` when absent).
+    pub parameters: Value,
+}
+
+impl ToolDef {
+    /// The OpenAI form the chat templates expect in `tools`.
+    pub fn to_openai(&self) -> Value {
+        let mut f = Map::new();
+        f.insert("name".into(), Value::String(self.name.clone()));
+        if let Some(d) = &self.description {
+            f.insert("description".into(), Value::String(d.clone()));
+        }
+        f.insert("parameters".into(), self.parameters.clone());
+        let mut o = Map::new();
+        o.insert("type".into(), Value::String("function".into()));
+        o.insert("function".into(), Value::Object(f));
+        Value::Object(o)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// Never call (the tools are not shown to the model).
+    None,
+    /// The model decides; a call it starts is completed under the grammar.
+    Auto,
+    /// At least one call, grammar-enforced from the first token.
+    Required,
+    /// Exactly one call of this function, grammar-enforced.
+    Function(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching this (normalized) schema.
+    JsonSchema(Value),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -504,7 +616,246 @@ pub fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
         out.push(Value::Object(mo));
     }
     let params = parse_params(&f, &["max_completion_tokens", "max_tokens"])?;
-    Ok(ChatRequest { model, messages: out, params })
+    check_tool_history(&out)?;
+    let tools = parse_tools(&f)?;
+    let tool_choice = parse_tool_choice(&f, &tools)?;
+    let parallel_tool_calls = f.bool("parallel_tool_calls")?.unwrap_or(true);
+    let response_format = parse_response_format(&f)?;
+    if response_format != ResponseFormat::Text && matches!(tool_choice, ToolChoice::Required | ToolChoice::Function(_)) {
+        return Err(ApiError::param("response_format", "response_format cannot be combined with a tool_choice that forces a call"));
+    }
+    Ok(ChatRequest { model, messages: out, params, tools, tool_choice, parallel_tool_calls, response_format })
+}
+
+// ------------------------------------------------------------------------------ tools
+
+/// Function names as OpenAI accepts them.
+fn valid_function_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// JSON Schema type names, and the spellings tutorials use for them (Python's and C's).
+fn schema_type(t: &str) -> Option<&'static str> {
+    Some(match t {
+        "object" | "dict" => "object",
+        "array" | "list" | "tuple" => "array",
+        "string" | "str" | "text" => "string",
+        "integer" | "int" => "integer",
+        "number" | "float" | "double" | "decimal" => "number",
+        "boolean" | "bool" => "boolean",
+        "null" | "none" | "None" => "null",
+        _ => return None,
+    })
+}
+
+/// Normalize a JSON Schema from a request: type aliases (`"int"` -> `"integer"`, ...) mapped,
+/// everywhere a subschema can sit; structurally invalid schemas (a `type` that is no type,
+/// `properties` that is not an object, `required` that is not a list of names) are errors naming
+/// the JSON path. Keywords awqc does not know are kept for the grammar compiler to judge.
+pub fn normalize_schema(v: &Value, path: &str) -> Result<Value, String> {
+    let o = match v {
+        Value::Bool(_) => return Ok(v.clone()),
+        Value::Object(o) => o,
+        other => return Err(format!("{path} must be a JSON Schema object, got {}", type_name(other))),
+    };
+    let mut out = Map::new();
+    for (k, val) in o {
+        let sub = |val: &Value, p: String| normalize_schema(val, &p);
+        let nv = match k.as_str() {
+            "type" => match val {
+                Value::String(t) => Value::String(schema_type(t).ok_or_else(|| format!("{path}.type {t:?} is not a JSON Schema type"))?.into()),
+                Value::Array(ts) => {
+                    let mut a = Vec::new();
+                    for t in ts {
+                        let name = t.as_str().and_then(schema_type).ok_or_else(|| format!("{path}.type contains {t}, which is not a JSON Schema type"))?;
+                        a.push(Value::String(name.into()));
+                    }
+                    Value::Array(a)
+                }
+                other => return Err(format!("{path}.type must be a string or a list of strings, got {}", type_name(other))),
+            },
+            "properties" | "$defs" | "definitions" | "patternProperties" => {
+                let Value::Object(props) = val else {
+                    return Err(format!("{path}.{k} must be an object, got {}", type_name(val)));
+                };
+                let mut m = Map::new();
+                for (name, ps) in props {
+                    m.insert(name.clone(), sub(ps, format!("{path}.{k}.{name}"))?);
+                }
+                Value::Object(m)
+            }
+            "items" | "additionalProperties" | "not" | "contains" | "propertyNames" | "additionalItems" => match val {
+                Value::Array(a) if k == "items" => Value::Array(a.iter().enumerate().map(|(i, x)| sub(x, format!("{path}.items[{i}]"))).collect::<Result<_, _>>()?),
+                _ => sub(val, format!("{path}.{k}"))?,
+            },
+            "anyOf" | "oneOf" | "allOf" | "prefixItems" => {
+                let Value::Array(a) = val else {
+                    return Err(format!("{path}.{k} must be a list of schemas, got {}", type_name(val)));
+                };
+                Value::Array(a.iter().enumerate().map(|(i, x)| sub(x, format!("{path}.{k}[{i}]"))).collect::<Result<_, _>>()?)
+            }
+            "required" => {
+                let ok = matches!(val, Value::Array(a) if a.iter().all(Value::is_string));
+                if !ok {
+                    return Err(format!("{path}.required must be a list of property names"));
+                }
+                val.clone()
+            }
+            "enum" => {
+                if !val.is_array() {
+                    return Err(format!("{path}.enum must be a list, got {}", type_name(val)));
+                }
+                val.clone()
+            }
+            _ => val.clone(),
+        };
+        out.insert(k.clone(), nv);
+    }
+    Ok(Value::Object(out))
+}
+
+fn parse_tools(f: &Fields) -> Result<Vec<ToolDef>, ApiError> {
+    let list = match f.get("tools") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(v) => return Err(ApiError::param("tools", format!("tools must be an array, got {}", type_name(v)))),
+    };
+    let mut tools: Vec<ToolDef> = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let at = format!("tools[{i}]");
+        let bad = |msg: String| ApiError::param("tools", format!("{at}: {msg}"));
+        let Value::Object(o) = t else { return Err(bad(format!("must be an object, got {}", type_name(t)))) };
+        match o.get("type") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(ty)) if ty == "function" => {}
+            Some(v) => return Err(bad(format!("type must be \"function\", got {v}"))),
+        }
+        let Some(Value::Object(func)) = o.get("function") else { return Err(bad("has no \"function\" object".into())) };
+        let name = match func.get("name") {
+            Some(Value::String(n)) if valid_function_name(n) => n.clone(),
+            Some(Value::String(n)) => return Err(bad(format!("function name {n:?} must be 1-64 letters, digits, '_', '-' or '.'"))),
+            _ => return Err(bad("function.name must be a string".into())),
+        };
+        if tools.iter().any(|d| d.name == name) {
+            return Err(bad(format!("function {name:?} is declared twice")));
+        }
+        let description = match func.get("description") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) => Some(d.clone()),
+            Some(v) => return Err(bad(format!("function.description must be a string, got {}", type_name(v)))),
+        };
+        let parameters = match func.get("parameters") {
+            None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
+            Some(p) => {
+                let n = normalize_schema(p, "parameters").map_err(|e| {
+                    let mut err = ApiError::param("tools", format!("{at} ({name}): invalid schema: {e}"));
+                    err.code = "invalid_tool_schema";
+                    err
+                })?;
+                if !matches!(n.get("type"), None | Some(Value::String(_))) || n.get("type").is_some_and(|t| t != "object") {
+                    let mut err = ApiError::param("tools", format!("{at} ({name}): parameters must describe an object (\"type\": \"object\")"));
+                    err.code = "invalid_tool_schema";
+                    return Err(err);
+                }
+                n
+            }
+        };
+        tools.push(ToolDef { name, description, parameters });
+    }
+    Ok(tools)
+}
+
+fn parse_tool_choice(f: &Fields, tools: &[ToolDef]) -> Result<ToolChoice, ApiError> {
+    let choice = match f.get("tool_choice") {
+        None => return Ok(if tools.is_empty() { ToolChoice::None } else { ToolChoice::Auto }),
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            other => return Err(ApiError::param("tool_choice", format!("tool_choice must be \"none\", \"auto\", \"required\" or a function object, got {other:?}"))),
+        },
+        Some(Value::Object(o)) => {
+            let name = o.get("function").and_then(|fu| fu.get("name")).and_then(Value::as_str).ok_or_else(|| {
+                ApiError::param("tool_choice", "tool_choice object must be {\"type\": \"function\", \"function\": {\"name\": ...}}")
+            })?;
+            ToolChoice::Function(name.to_string())
+        }
+        Some(v) => return Err(ApiError::param("tool_choice", format!("tool_choice must be a string or an object, got {}", type_name(v)))),
+    };
+    match &choice {
+        ToolChoice::Required | ToolChoice::Auto if tools.is_empty() => {
+            Err(ApiError::param("tool_choice", "tool_choice \"auto\" or \"required\" needs a non-empty tools list"))
+        }
+        ToolChoice::Function(n) if !tools.iter().any(|t| &t.name == n) => {
+            let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+            Err(ApiError::param("tool_choice", format!("tool_choice names function {n:?}, which is not in tools ({})", if names.is_empty() { "none declared".into() } else { names.join(", ") })))
+        }
+        _ => Ok(choice),
+    }
+}
+
+fn parse_response_format(f: &Fields) -> Result<ResponseFormat, ApiError> {
+    let Some(v) = f.get("response_format") else { return Ok(ResponseFormat::Text) };
+    let bad = |m: String| ApiError::param("response_format", m);
+    let Value::Object(o) = v else { return Err(bad(format!("response_format must be an object, got {}", type_name(v)))) };
+    match o.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(ResponseFormat::Text),
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        Some("json_schema") => {
+            let schema = o.get("json_schema").and_then(|j| j.get("schema")).ok_or_else(|| bad("json_schema needs {\"json_schema\": {\"name\": ..., \"schema\": {...}}}".into()))?;
+            let n = normalize_schema(schema, "json_schema.schema").map_err(|e| bad(format!("invalid schema: {e}")))?;
+            Ok(ResponseFormat::JsonSchema(n))
+        }
+        _ => Err(bad("response_format.type must be \"text\", \"json_object\" or \"json_schema\"".into())),
+    }
+}
+
+/// Tool calls in the history: every assistant `tool_calls[i]` names a function and carries JSON
+/// arguments (a JSON text, as clients send them, or an object), and every `tool` message answers a
+/// call made before it (its `tool_call_id`, when given, is one of those calls' ids).
+fn check_tool_history(messages: &[Value]) -> Result<(), ApiError> {
+    let mut ids: Vec<String> = Vec::new();
+    let mut any_call = false;
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        match m.get("tool_calls") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(calls)) => {
+                for (j, c) in calls.iter().enumerate() {
+                    let at = format!("messages[{i}].tool_calls[{j}]");
+                    let func = c.get("function").ok_or_else(|| ApiError::param("messages", format!("{at} has no \"function\"")))?;
+                    if !func.get("name").is_some_and(Value::is_string) {
+                        return Err(ApiError::param("messages", format!("{at}.function.name must be a string")));
+                    }
+                    match func.get("arguments") {
+                        Some(Value::String(a)) => {
+                            if serde_json::from_str::<Value>(a).is_err() {
+                                return Err(ApiError::param("messages", format!("{at}.function.arguments is not valid JSON: {a:?}")));
+                            }
+                        }
+                        Some(Value::Object(_)) | None | Some(Value::Null) => {}
+                        Some(v) => return Err(ApiError::param("messages", format!("{at}.function.arguments must be a JSON string, got {}", type_name(v)))),
+                    }
+                    if let Some(id) = c.get("id").and_then(Value::as_str) {
+                        ids.push(id.to_string());
+                    }
+                    any_call = true;
+                }
+            }
+            Some(v) => return Err(ApiError::param("messages", format!("messages[{i}].tool_calls must be an array, got {}", type_name(v)))),
+        }
+        if role == "tool" {
+            if !any_call {
+                return Err(ApiError::param("messages", format!("messages[{i}] is a tool result, but no assistant message before it made a tool call")));
+            }
+            if let Some(id) = m.get("tool_call_id").and_then(Value::as_str) {
+                if !ids.iter().any(|c| c == id) {
+                    return Err(ApiError::param("messages", format!("messages[{i}].tool_call_id {id:?} matches no tool call before it")));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn token_ids(a: &[Value]) -> Option<Vec<u32>> {

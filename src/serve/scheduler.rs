@@ -41,6 +41,16 @@ pub struct GenRequest {
     pub stop_ids: Vec<u32>,
     /// Where the tokens go. Dropping the receiver aborts the request.
     pub events: UnboundedSender<GenEvent>,
+    /// Restricts the tokens that may be sampled (tool-call and JSON grammars).
+    pub constraint: Option<Box<dyn Constraint>>,
+}
+
+/// A per-request restriction of the sampler, run in the engine thread: `apply` masks the logits
+/// of the next token (sets forbidden ones to -inf; at least one must stay finite), `commit`
+/// reports the token that was sampled.
+pub trait Constraint: Send {
+    fn apply(&mut self, logits: &mut [f32]);
+    fn commit(&mut self, token: u32);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -382,7 +392,16 @@ impl<B: Backend> Engine<B> {
                     continue; // more prompt to go; these logits are not needed
                 }
             }
-            let next = sample(&logits, &r.req.sampling, &mut r.rng);
+            let next = match r.req.constraint.as_mut() {
+                Some(c) => {
+                    let mut logits = logits;
+                    c.apply(&mut logits);
+                    let next = sample(&logits, &r.req.sampling, &mut r.rng);
+                    c.commit(next);
+                    next
+                }
+                None => sample(&logits, &r.req.sampling, &mut r.rng),
+            };
             if r.req.stop_ids.contains(&next) {
                 finished.push((*i, GenEvent::Done(FinishReason::Stop)));
                 continue;
