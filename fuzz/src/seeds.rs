@@ -423,9 +423,20 @@ fn openai_request_seeds() -> Vec<Seed> {
         ("chat-minimal.json", r#"{"messages": [{"role": "user", "content": "hi"}]}"#),
         (
             "chat-full.json",
-            r#"{"model": "m", "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": null}, {"role": "tool", "content": "42"}, {"role": "system", "content": "x"}],
+            r#"{"model": "m", "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": null, "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 1}"}}]}, {"role": "tool", "tool_call_id": "call_0", "content": "42"}, {"role": "system", "content": "x"}],
+  "tools": [{"type": "function", "function": {"name": "add", "description": "Add.", "parameters": {"type": "object", "properties": {"a": {"type": "int"}}, "required": ["a"]}}}],
+  "tool_choice": "auto", "parallel_tool_calls": true, "response_format": {"type": "text"},
   "max_tokens": 5, "max_completion_tokens": 7, "temperature": 0.5, "top_p": 0.9, "top_k": -1, "seed": -3,
   "stop": ["END", ""], "n": 1, "stream": true, "stream_options": {"include_usage": true}, "ignore_eos": false, "user": "ignored"}"#,
+        ),
+        (
+            "chat-tools-named.json",
+            r#"{"messages": [{"role": "user", "content": "add"}], "tools": [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}],
+  "tool_choice": {"type": "function", "function": {"name": "add"}}, "parallel_tool_calls": false}"#,
+        ),
+        (
+            "chat-json-schema.json",
+            r#"{"messages": [{"role": "user", "content": "json"}], "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object", "properties": {"n": {"type": "number"}}}}}}"#,
         ),
         ("completion-text.json", r#"{"model": "m", "prompt": "Once upon", "echo": true, "max_tokens": 3, "stop": "\n", "seed": 18446744073709551615}"#),
         ("completion-ids.json", r#"{"prompt": [[1, 2, 3]], "temperature": 0, "top_k": 40, "stream": false, "stream_options": null}"#),
@@ -433,5 +444,12 @@ fn openai_request_seeds() -> Vec<Seed> {
     ]
     .into_iter()
     .map(|(name, body)| seed("openai_request", name, body.as_bytes().to_vec(), true))
+    // A tool result that answers no call is refused (OpenAI does the same).
+    .chain(std::iter::once(seed(
+        "openai_request",
+        "chat-orphan-tool-result.json",
+        br#"{"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "x", "content": "42"}]}"#.to_vec(),
+        false,
+    )))
     .collect()
 }

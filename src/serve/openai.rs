@@ -983,6 +983,100 @@ mod tests {
         assert_eq!(r.params.max_tokens, Some(usize::MAX));
     }
 
+    fn tool(name: &str, params: Value) -> Value {
+        json!({"type": "function", "function": {"name": name, "description": "d", "parameters": params}})
+    }
+
+    #[test]
+    fn tools_choice_and_format_parse() {
+        let m = json!([{"role": "user", "content": "x"}]);
+        // No tools: choice none. Tools: auto by default; aliases in the schema are mapped everywhere.
+        let r = chat(json!({"messages": m})).unwrap();
+        assert_eq!((r.tool_choice, r.parallel_tool_calls, r.response_format), (ToolChoice::None, true, ResponseFormat::Text));
+        let p = json!({"type": "dict", "properties": {"a": {"type": "int"}, "xs": {"type": "list", "items": {"type": "float"}},
+            "o": {"anyOf": [{"type": "str"}, {"type": "None"}]}}, "required": ["a"]});
+        let r = chat(json!({"messages": m, "tools": [tool("f", p), {"type": "function", "function": {"name": "g.h-1"}}],
+            "parallel_tool_calls": false})).unwrap();
+        assert_eq!(r.tool_choice, ToolChoice::Auto);
+        assert!(!r.parallel_tool_calls);
+        assert_eq!(r.tools.len(), 2);
+        assert_eq!(
+            r.tools[0].parameters,
+            json!({"type": "object", "properties": {"a": {"type": "integer"}, "xs": {"type": "array", "items": {"type": "number"}},
+                "o": {"anyOf": [{"type": "string"}, {"type": "null"}]}}, "required": ["a"]})
+        );
+        assert_eq!(r.tools[0].description.as_deref(), Some("d"));
+        // A function without parameters takes none.
+        assert_eq!(r.tools[1].parameters, json!({"type": "object", "properties": {}}));
+        let t = json!([tool("f", json!({"type": "object"}))]);
+        for (choice, want) in [
+            (json!("none"), ToolChoice::None),
+            (json!("required"), ToolChoice::Required),
+            (json!({"type": "function", "function": {"name": "f"}}), ToolChoice::Function("f".into())),
+        ] {
+            assert_eq!(chat(json!({"messages": m, "tools": t, "tool_choice": choice})).unwrap().tool_choice, want);
+        }
+        let s = json!({"type": "object", "properties": {"n": {"type": "int"}}});
+        let r = chat(json!({"messages": m, "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": s}}})).unwrap();
+        assert_eq!(r.response_format, ResponseFormat::JsonSchema(json!({"type": "object", "properties": {"n": {"type": "integer"}}})));
+        let r = chat(json!({"messages": m, "response_format": {"type": "json_object"}})).unwrap();
+        assert_eq!(r.response_format, ResponseFormat::JsonObject);
+    }
+
+    #[test]
+    fn tool_errors_name_the_field_and_the_schema_path() {
+        let m = json!([{"role": "user", "content": "x"}]);
+        let t = json!([tool("f", json!({"type": "object"}))]);
+        let cases = [
+            (json!({"messages": m, "tools": {}}), "tools", "must be an array"),
+            (json!({"messages": m, "tools": [{"type": "retrieval"}]}), "tools", "type must be \"function\""),
+            (json!({"messages": m, "tools": [{"type": "function"}]}), "tools", "no \"function\" object"),
+            (json!({"messages": m, "tools": [tool("bad name", json!({}))]}), "tools", "1-64 letters"),
+            (json!({"messages": m, "tools": [tool("f", json!({})), tool("f", json!({}))]}), "tools", "declared twice"),
+            (json!({"messages": m, "tools": [tool("f", json!({"type": "integer"}))]}), "tools", "must describe an object"),
+            (json!({"messages": m, "tools": [tool("f", json!({"type": "object", "properties": {"a": {"type": "frac"}}}))]}), "tools", "parameters.properties.a.type \"frac\""),
+            (json!({"messages": m, "tools": [tool("f", json!({"type": "object", "properties": []}))]}), "tools", "parameters.properties must be an object"),
+            (json!({"messages": m, "tools": [tool("f", json!({"type": "object", "required": "a"}))]}), "tools", "parameters.required"),
+            (json!({"messages": m, "tool_choice": "required"}), "tool_choice", "non-empty tools"),
+            (json!({"messages": m, "tools": t, "tool_choice": "always"}), "tool_choice", "\"always\""),
+            (json!({"messages": m, "tools": t, "tool_choice": {"type": "function", "function": {"name": "g"}}}), "tool_choice", "not in tools (f)"),
+            (json!({"messages": m, "tools": t, "tool_choice": {"type": "function"}}), "tool_choice", "tool_choice object"),
+            (json!({"messages": m, "response_format": {"type": "xml"}}), "response_format", "response_format.type"),
+            (json!({"messages": m, "response_format": {"type": "json_schema"}}), "response_format", "json_schema needs"),
+            (json!({"messages": m, "tools": t, "tool_choice": "required", "response_format": {"type": "json_object"}}), "response_format", "cannot be combined"),
+            (json!({"messages": m, "parallel_tool_calls": "yes"}), "parallel_tool_calls", ""),
+        ];
+        for (body, param, msg) in cases {
+            let e = chat(body.clone()).err().unwrap_or_else(|| panic!("{body} accepted"));
+            assert_eq!((e.status, e.param.as_deref()), (400, Some(param)), "{body}: {}", e.message);
+            assert!(e.message.contains(msg), "{body}: {:?} lacks {msg:?}", e.message);
+        }
+        let e = chat(json!({"messages": m, "tools": [tool("f", json!({"type": "object", "properties": {"a": 3}}))]})).unwrap_err();
+        assert_eq!(e.code, "invalid_tool_schema");
+    }
+
+    #[test]
+    fn tool_history_is_checked() {
+        let call = |id: &str, args: Value| json!({"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function", "function": {"name": "f", "arguments": args}}]});
+        let user = json!({"role": "user", "content": "x"});
+        let result = |id: &str| json!({"role": "tool", "tool_call_id": id, "content": "1"});
+        // A call, its result, and a result without an id (older clients) are accepted.
+        chat(json!({"messages": [user, call("c1", json!("{\"a\": 1}")), result("c1"), {"role": "tool", "content": "2"}]})).unwrap();
+        chat(json!({"messages": [user, call("c1", json!({"a": 1})), result("c1")]})).unwrap();
+        for (msgs, msg) in [
+            (json!([user, result("c1")]), "no assistant message before it made a tool call"),
+            (json!([user, call("c1", json!("{}")), result("c2")]), "tool_call_id \"c2\" matches no tool call"),
+            (json!([user, call("c1", json!("{a: 1}"))]), "arguments is not valid JSON"),
+            (json!([user, call("c1", json!(5))]), "arguments must be a JSON string"),
+            (json!([user, {"role": "assistant", "tool_calls": {}}]), "tool_calls must be an array"),
+            (json!([user, {"role": "assistant", "tool_calls": [{"id": "x"}]}]), "has no \"function\""),
+        ] {
+            let e = chat(json!({"messages": msgs})).err().unwrap_or_else(|| panic!("{msgs} accepted"));
+            assert_eq!(e.param.as_deref(), Some("messages"));
+            assert!(e.message.contains(msg), "{msgs}: {:?} lacks {msg:?}", e.message);
+        }
+    }
+
     #[test]
     fn completion_prompts() {
         let p = |v: Value| parse_completion(&json!({"prompt": v})).map(|r| r.prompt);

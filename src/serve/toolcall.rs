@@ -104,8 +104,8 @@ impl ToolSetup {
         };
         match format {
             ResponseFormat::Text => {}
-            ResponseFormat::JsonObject => return Ok(Some(compile(format!("start: %json {}", json!({"type": "object"})), "response_format")?.eager())),
-            ResponseFormat::JsonSchema(s) => return Ok(Some(compile(format!("start: %json {s}"), "response_format")?.eager())),
+            ResponseFormat::JsonObject => return Ok(Some(compile(format!("start: %json {}", json_style(json!({"type": "object"}))), "response_format")?.eager())),
+            ResponseFormat::JsonSchema(s) => return Ok(Some(compile(format!("start: %json {}", json_style(s.clone())), "response_format")?.eager())),
         }
         let (forced, selected): (bool, Vec<&ToolDef>) = match choice {
             ToolChoice::None => return Ok(None),
@@ -118,18 +118,18 @@ impl ToolSetup {
             ParserKind::Hermes => "arguments",
             ParserKind::Llama3 | ParserKind::Internlm2 => "parameters",
         };
-        let call = call_schema(&selected, args_key);
+        let call = json_style(call_schema(&selected, args_key));
         let lark = match (self.parser, forced) {
             (ParserKind::Hermes, true) => {
                 let one = "\"<tool_call>\" WS? call WS? \"</tool_call>\"";
-                format!("start: {one}{}\ncall: %json {call}\nWS: /[ \\t\\r\\n]+/\n", if many { format!(" (WS? {one})*") } else { String::new() })
+                format!("start: {one}{}\ncall: %json {call}\nWS: /[ \\t\\r\\n]{{1,3}}/\n", if many { format!(" (WS? {one})*") } else { String::new() })
             }
             (ParserKind::Hermes, false) => {
                 let more = if many { " (WS? \"<tool_call>\" WS? call WS? \"</tool_call>\")*" } else { "" };
-                format!("start: WS? call WS? \"</tool_call>\"{more}\ncall: %json {call}\nWS: /[ \\t\\r\\n]+/\n")
+                format!("start: WS? call WS? \"</tool_call>\"{more}\ncall: %json {call}\nWS: /[ \\t\\r\\n]{{1,3}}/\n")
             }
             (ParserKind::Llama3, true) => {
-                format!("start: call{}\ncall: %json {call}\nWS: /[ \\t\\r\\n]+/\n", if many { " (WS? \";\" WS? call)*" } else { "" })
+                format!("start: call{}\ncall: %json {call}\nWS: /[ \\t\\r\\n]{{1,3}}/\n", if many { " (WS? \";\" WS? call)*" } else { "" })
             }
             // Llama 3 calls have no opening tag to trigger on: under "auto" the answer is parsed,
             // not constrained.
@@ -146,12 +146,23 @@ impl ToolSetup {
     }
 }
 
+/// The JSON layout the grammar allows: Python's `json.dumps` (`", "`, `": "`, no other
+/// whitespace), which is what models are trained to write, and which bounds the answer (flexible
+/// whitespace would let a sampled answer run on in blanks). Keywords llguidance does not support
+/// (`format`, ...) are ignored rather than refused (`lenient`), as tutorials' schemas carry them.
+fn json_style(mut schema: Value) -> Value {
+    if let Value::Object(o) = &mut schema {
+        o.insert("x-guidance".into(), json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": ", "lenient": true}));
+    }
+    schema
+}
+
 /// `{"name": <one of the functions>, "<args_key>": <its parameters>}` as one JSON Schema.
 fn call_schema(tools: &[&ToolDef], args_key: &str) -> Value {
     let one = |t: &ToolDef| {
         let mut props = Map::new();
         props.insert("name".into(), json!({"const": t.name}));
-        props.insert(args_key.into(), t.parameters.clone());
+        props.insert(args_key.into(), closed(t.parameters.clone()));
         json!({"type": "object", "properties": props, "required": ["name", args_key], "additionalProperties": false})
     };
     if tools.len() == 1 {
@@ -159,6 +170,38 @@ fn call_schema(tools: &[&ToolDef], args_key: &str) -> Value {
     } else {
         json!({"anyOf": tools.iter().map(|t| one(t)).collect::<Vec<_>>()})
     }
+}
+
+/// A tool's parameter schema as the grammar enforces it: every object that lists `properties`
+/// and says nothing of `additionalProperties` gets `"additionalProperties": false`, so a call
+/// carries only the declared arguments (what OpenAI's `strict` mode does; JSON Schema's default
+/// would let a model invent keys, which the function cannot take). An explicit
+/// `additionalProperties` is kept. The model is shown the schema as the client sent it.
+fn closed(mut schema: Value) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                if o.get("properties").is_some_and(Value::is_object) && !o.contains_key("additionalProperties") {
+                    o.insert("additionalProperties".into(), Value::Bool(false));
+                }
+                for (k, sub) in o.iter_mut() {
+                    match k.as_str() {
+                        "properties" | "$defs" | "definitions" | "patternProperties" => {
+                            if let Value::Object(m) = sub {
+                                m.values_mut().for_each(walk);
+                            }
+                        }
+                        "items" | "anyOf" | "oneOf" | "allOf" | "prefixItems" | "additionalProperties" | "not" => walk(sub),
+                        _ => {}
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut schema);
+    schema
 }
 
 /// An earlier message in the generic format: assistant `tool_calls` become `<tool_call>` lines
@@ -246,4 +289,27 @@ pub fn split_answer(kind: ParserKind, tools: &[ToolDef], text: &str, mut new_id:
         .collect();
     let content = if calls.is_empty() || !content.is_empty() { Some(content) } else { None };
     (content, calls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_shuts_objects_that_list_properties_and_keeps_explicit_choices() {
+        let s = json!({"type": "object", "properties": {
+            "a": {"type": "object", "properties": {"x": {"type": "integer"}}},
+            "b": {"type": "array", "items": {"type": "object", "properties": {"y": {"type": "string"}}}},
+            "c": {"type": "object", "properties": {}, "additionalProperties": true},
+            "d": {"anyOf": [{"type": "object", "properties": {"z": {"type": "null"}}}, {"type": "string"}]},
+            "e": {"type": "object"}}});
+        let c = closed(s);
+        assert_eq!(c["additionalProperties"], false);
+        assert_eq!(c["properties"]["a"]["additionalProperties"], false);
+        assert_eq!(c["properties"]["b"]["items"]["additionalProperties"], false);
+        assert_eq!(c["properties"]["c"]["additionalProperties"], true);
+        assert_eq!(c["properties"]["d"]["anyOf"][0]["additionalProperties"], false);
+        // Nothing declared, nothing to close: a free-form object stays free-form.
+        assert!(c["properties"]["e"].get("additionalProperties").is_none());
+    }
 }

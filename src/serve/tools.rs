@@ -33,8 +33,8 @@
 //! - Content is the text outside calls. A stretch of content that is only whitespace (between,
 //!   before or after calls, or the whole answer) is dropped; other stretches are kept verbatim.
 //! - A block whose JSON is not a call goes out as content, tags included: never dropped.
-//! - `arguments` is `serde_json::to_string` of the arguments object: compact, key order kept,
-//!   non-ASCII unescaped.
+//! - `arguments` is the model's JSON text of the arguments object with the whitespace between
+//!   tokens removed: keys, their order, numbers and string escapes exactly as written.
 //! - Block names inside tags are not checked against the declared tools (the server decides what
 //!   to do with an unknown one); bare and fenced JSON must name declared tools.
 //!
@@ -55,6 +55,7 @@
 //! would mean announcing a call before knowing that its JSON parses, and a block that turns out
 //! malformed must become content; an announced call cannot be taken back.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 const HERMES_OPEN: &str = "<tool_call>";
@@ -148,8 +149,8 @@ impl std::fmt::Display for ParserKind {
     }
 }
 
-/// One parsed call. `arguments` is the compact JSON text (serde_json::to_string of the parsed
-/// arguments object, key order preserved), so streamed and non-streamed outputs are byte-identical.
+/// One parsed call. `arguments` is the compact JSON text of the arguments object (the model's
+/// text without inter-token whitespace), the same streamed and non-streamed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedCall {
     pub name: String,
@@ -539,19 +540,23 @@ fn bare_calls(kind: ParserKind, tools: &[String], text: &str) -> Option<Vec<Pars
     calls_from(&values, Some(tools), false)
 }
 
-/// `s` as JSON values: exactly one, or (`semicolons`, Llama) several separated by `;`. A list
-/// counts as its (non-empty) items. None when `s` is anything else.
-fn json_values(s: &str, semicolons: bool) -> Option<Vec<Value>> {
+/// `s` as JSON values, each with its raw text: exactly one, or (`semicolons`, Llama) several
+/// separated by `;`. A list counts as its (non-empty) items. None when `s` is anything else.
+fn json_values(s: &str, semicolons: bool) -> Option<Vec<(Value, &str)>> {
     let mut out = Vec::new();
     let mut rest = s;
     loop {
         let mut it = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
         let value = it.next()?.ok()?;
         let end = it.byte_offset();
+        let raw = rest[..end].trim();
         match value {
             Value::Array(items) if items.is_empty() => return None,
-            Value::Array(items) => out.extend(items),
-            v => out.push(v),
+            Value::Array(items) => {
+                let raws: Vec<&RawValue> = serde_json::from_str(raw).ok()?;
+                out.extend(items.into_iter().zip(raws.into_iter().map(RawValue::get)));
+            }
+            v => out.push((v, raw)),
         }
         rest = rest.get(end..)?.trim_start();
         if rest.is_empty() {
@@ -569,14 +574,14 @@ fn json_values(s: &str, semicolons: bool) -> Option<Vec<Value>> {
 
 /// Every value as a call (all or nothing). `names`: the calls must name one of these.
 /// `require_args`: the object must have "arguments" or "parameters".
-fn calls_from(values: &[Value], names: Option<&[String]>, require_args: bool) -> Option<Vec<ParsedCall>> {
+fn calls_from(values: &[(Value, &str)], names: Option<&[String]>, require_args: bool) -> Option<Vec<ParsedCall>> {
     if values.is_empty() {
         return None;
     }
     values
         .iter()
-        .map(|v| {
-            let call = call_from_value(v, require_args)?;
+        .map(|(v, raw)| {
+            let call = call_from_value(v, raw, require_args)?;
             match names {
                 Some(names) if !names.contains(&call.name) => None,
                 _ => Some(call),
@@ -585,32 +590,68 @@ fn calls_from(values: &[Value], names: Option<&[String]>, require_args: bool) ->
         .collect()
 }
 
-/// `{"name": ..., "arguments"|"parameters": ...}` (or `{"function": {...}}`) as a call.
-fn call_from_value(v: &Value, require_args: bool) -> Option<ParsedCall> {
+/// `{"name": ..., "arguments"|"parameters": ...}` (or `{"function": {...}}`) as a call; `raw` is
+/// the value's JSON text. The arguments are the model's own text with the whitespace between
+/// tokens removed: numbers stay as written (`-0`, integers past 2^64), which a round trip
+/// through f64 would change.
+fn call_from_value(v: &Value, raw: &str, require_args: bool) -> Option<ParsedCall> {
     let mut obj = v.as_object()?;
+    let mut raw = raw;
     if !obj.contains_key("name") {
         if let Some(Value::Object(f)) = obj.get("function") {
             obj = f;
+            raw = raw_member(raw, "function")?;
         }
     }
     let name = obj.get("name")?.as_str()?;
     if name.is_empty() {
         return None;
     }
-    let empty = || Value::Object(Map::new());
-    let args = match obj.get("arguments").or_else(|| obj.get("parameters")) {
+    let key = if obj.contains_key("arguments") { "arguments" } else { "parameters" };
+    let arguments = match obj.get(key) {
         None if require_args => return None,
-        None | Some(Value::Null) => empty(),
-        Some(v @ Value::Object(_)) => v.clone(),
-        Some(Value::String(s)) if s.trim().is_empty() => empty(),
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(Value::Object(_)) => minify_json(raw_member(raw, key)?),
+        Some(Value::String(s)) if s.trim().is_empty() => "{}".to_string(),
         // Double-encoded arguments: a JSON string holding the object.
         Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-            Ok(v @ Value::Object(_)) => v,
+            Ok(Value::Object(_)) => minify_json(s),
             _ => return None,
         },
         Some(_) => return None,
     };
-    Some(ParsedCall { name: name.to_string(), arguments: serde_json::to_string(&args).ok()? })
+    Some(ParsedCall { name: name.to_string(), arguments })
+}
+
+/// The raw text of member `key` of the JSON object `obj` (the last one when the key repeats, as
+/// the parsed value keeps).
+fn raw_member<'a>(obj: &'a str, key: &str) -> Option<&'a str> {
+    let m: std::collections::HashMap<String, &'a RawValue> = serde_json::from_str(obj).ok()?;
+    m.get(key).map(|r| r.get())
+}
+
+/// Valid JSON text without the whitespace between its tokens (strings untouched).
+fn minify_json(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let (mut in_str, mut escaped) = (false, false);
+    for c in s.chars() {
+        if in_str {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_str = false;
+            }
+        } else if c == '"' {
+            in_str = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -778,6 +819,14 @@ mod tests {
         check(Hermes, "<tool_call>{\"name\": \"get_time\", \"arguments\": {}}</tool_call>", "", &[call("get_time", "{}")]);
         check(Hermes, "<tool_call>{\"name\": \"get_time\"}</tool_call>", "", &[call("get_time", "{}")]);
         check(Hermes, "<tool_call>{\"name\": \"get_time\", \"arguments\": null}</tool_call>", "", &[call("get_time", "{}")]);
+        // Numbers and strings as the model wrote them (an f64 round trip would make -0 "-0.0"
+        // and 24 digits an exponent); only the whitespace between tokens goes.
+        check(
+            Hermes,
+            "<tool_call>{\"name\": \"add\", \"arguments\": {\"a\": -0, \"b\": 123456789012345678901234,\n \"s\": \"x \\\" y\", \"t\": \"\\u00e9\"}}</tool_call>",
+            "",
+            &[call("add", r#"{"a":-0,"b":123456789012345678901234,"s":"x \" y","t":"\u00e9"}"#)],
+        );
         // The OpenAI request shape echoed back.
         check(
             Hermes,
