@@ -13,8 +13,12 @@ use std::path::Path;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
+    /// Model directory (HF, AutoAWQ or TurboMind), or a hub id org/name[@revision] (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
+    /// Hub revision (branch, tag or commit) of a hub-id --model; the same as `org/name@REV` [default: main].
+    #[arg(long)]
+    pub revision: Option<String>,
     #[arg(long)]
     pub prompt: String,
     /// Wrap the prompt in the model's chat template (one user turn + generation prompt).
@@ -76,7 +80,7 @@ fn run_on<B: Backend>(dev: B::Device, model: &Path, tok: &Tokenizer, ids: &[u32]
 
 pub fn run(a: Args, json: bool) -> Result<()> {
     let kind = device::resolve(a.device)?;
-    let model = crate::model::weights::resolve_model_path(&a.model)?;
+    let model = crate::model::weights::resolve_model_path(&a.model, a.revision.as_deref())?;
     let tok = Tokenizer::from_model_dir(&model)?;
     let prompt = if a.chat {
         let tpl = tok.chat_template().ok_or_else(|| Error::input(model.display(), "--chat: the tokenizer has no chat_template"))?;

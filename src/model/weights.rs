@@ -9,31 +9,29 @@ use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensors};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Resolve `--model`: a local directory, or a hub id (`org/name`) found in the local Hugging Face
-/// cache (`$HF_HOME/hub`, never the network).
-pub fn resolve_model_path(arg: &str) -> Result<PathBuf> {
+/// Resolve `--model` (and `--revision`): a local path, or a hub id `org/name[@revision]`, which
+/// resolves to its snapshot in the Hugging Face cache, downloaded first when it is not complete
+/// there (see [`crate::model::hub`]). The revision defaults to `main`.
+pub fn resolve_model_path(arg: &str, revision: Option<&str>) -> Result<PathBuf> {
     let p = Path::new(arg);
     if p.exists() {
+        if revision.is_some() {
+            return Err(Error::usage(format!("--revision applies to a hub id (org/name), and {arg} is a local path")));
+        }
         return Ok(p.to_path_buf());
     }
-    let looks_like_id = arg.split('/').count() == 2 && !arg.starts_with('.') && !arg.starts_with('/');
-    if looks_like_id {
-        let cache = hf_hub::Cache::from_env();
-        if let Some(cfg) = cache.model(arg.to_string()).get("config.json") {
-            if let Some(dir) = cfg.parent() {
-                return Ok(dir.to_path_buf());
+    if let Some(id) = crate::model::hub::parse_id(arg) {
+        let rev = match (id.revision, revision) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Error::usage(format!("--model {arg} names revision {a:?} and --revision says {b:?}")))
             }
-        }
-        return Err(Error::input(
-            arg,
-            format!(
-                "not a local path, and not found in the Hugging Face cache at {} (awqc never downloads; \
-                 fetch it there first or pass a directory)",
-                cache.path().display()
-            ),
-        ));
+            (Some(a), _) => a,
+            (None, Some(b)) => b,
+            (None, None) => "main",
+        };
+        return crate::model::hub::snapshot(arg, id.repo, rev);
     }
-    Err(Error::input(arg, "no such file or directory"))
+    Err(Error::input(arg, "no such file or directory (nor a hub id org/name[@revision])"))
 }
 
 /// Where one tensor lives.
