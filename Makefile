@@ -8,7 +8,7 @@ SMOL    := fixtures/smollm2-hf
 QWEN_GGUF := fixtures/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 QWEN    := fixtures/qwen2.5-coder-0.5b-hf
 
-.PHONY: all build fixtures fixtures-qwen calib-data demo test bench bench-engine bench-serve llama-cpp awq-ci bench-13b goldens fuzz fuzz-check turbomind-qwen gpu-bundle gpu-check-local clean
+.PHONY: all build fixtures fixtures-qwen calib-data demo test bench bench-engine bench-serve llama-cpp awq-ci bench-13b goldens fuzz fuzz-check turbomind-qwen test-tools gpu-bundle gpu-check-local clean
 
 all: build
 
@@ -91,6 +91,11 @@ fuzz-check:
 fixtures-qwen: build
 	./scripts/fetch-qwen.sh
 	@test -f $(QWEN)/config.json || $(AWQC) convert $(QWEN_GGUF) --out $(QWEN)
+
+# The function-calling round trip (final answer 16) on Qwen2.5-Coder-0.5B AWQ through `awqc serve` and
+# the openai client; quantizes out/qwen-awq-g128 once (about 20 min on 2 cores), so not in `make test`.
+test-tools: fixtures-qwen fixtures
+	./scripts/tools-qwen.sh
 
 turbomind-qwen: fixtures-qwen fixtures
 	./scripts/turbomind-qwen.sh

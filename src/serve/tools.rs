@@ -22,9 +22,9 @@
 //!
 //! # Small models' deviations (every syntax)
 //!
-//! An answer that is only a bare call object, a JSON list of them, or only one fenced block
-//! (```` ```json ```` or a fence without language) holding that, is a call (calls) when every
-//! name is a declared tool (Qwen2.5-Coder does this, ollama#12174). Otherwise it is content,
+//! An answer that is only bare call objects (one, several separated by whitespace or `;`, or a
+//! JSON list of them), or only one fenced block (```` ```json ```` or a fence without language)
+//! holding that, is a call (calls) when every name is a declared tool (Qwen2.5-Coder does this, ollama#12174). Otherwise it is content,
 //! unchanged. Llama's own format is not checked against the declared names (as vLLM), but its
 //! objects must have `parameters`/`arguments`.
 //!
@@ -526,12 +526,12 @@ fn bare_calls(kind: ParserKind, tools: &[String], text: &str) -> Option<Vec<Pars
             return None;
         }
         let body = rest[nl + 1..].strip_suffix(FENCE)?;
-        return calls_from(&json_values(body.trim(), llama)?, Some(tools), false);
+        return calls_from(&json_values(body.trim(), true)?, Some(tools), false);
     }
     if !(t.starts_with('{') || t.starts_with('[')) {
         return None;
     }
-    let values = json_values(t, llama)?;
+    let values = json_values(t, true)?;
     if llama {
         if let Some(calls) = calls_from(&values, None, true) {
             return Some(calls);
@@ -540,9 +540,10 @@ fn bare_calls(kind: ParserKind, tools: &[String], text: &str) -> Option<Vec<Pars
     calls_from(&values, Some(tools), false)
 }
 
-/// `s` as JSON values, each with its raw text: exactly one, or (`semicolons`, Llama) several
-/// separated by `;`. A list counts as its (non-empty) items. None when `s` is anything else.
-fn json_values(s: &str, semicolons: bool) -> Option<Vec<(Value, &str)>> {
+/// `s` as JSON values, each with its raw text: exactly one, or (`several`) one or more separated
+/// by whitespace or `;` (Llama's separator; small models put one call per line). A list counts as
+/// its (non-empty) items. None when `s` is anything else.
+fn json_values(s: &str, several: bool) -> Option<Vec<(Value, &str)>> {
     let mut out = Vec::new();
     let mut rest = s;
     loop {
@@ -562,12 +563,14 @@ fn json_values(s: &str, semicolons: bool) -> Option<Vec<(Value, &str)>> {
         if rest.is_empty() {
             return Some(out);
         }
-        if !semicolons {
+        if !several {
             return None;
         }
-        rest = rest.strip_prefix(';')?.trim_start();
-        if rest.is_empty() {
-            return Some(out);
+        if let Some(r) = rest.strip_prefix(';') {
+            rest = r.trim_start();
+            if rest.is_empty() {
+                return Some(out);
+            }
         }
     }
 }
@@ -927,6 +930,15 @@ mod tests {
             check(kind, "{\"name\": \"add\", \"arguments\": {\"a\": 3, \"b\": 5}}", "", &[call("add", ADD)]);
             check(kind, "\n{\"name\": \"get_time\"}\n", "", &[call("get_time", "{}")]);
         }
+        // Several objects, one per line: Qwen2.5-Coder-0.5B AWQ's recorded answer to the
+        // course's question after one tool result (greedy, tests/clients_qwen).
+        let lines = "{\"name\": \"add\", \"arguments\": {\"a\": 3, \"b\": 5}}\n{\"name\": \"mul\", \"arguments\": {\"a\": 8, \"b\": 2}}";
+        for kind in [Hermes, Llama3, Internlm2] {
+            check(kind, lines, "", &[call("add", ADD), call("mul", MUL)]);
+        }
+        // One declared, one not: all or nothing, so content.
+        let mixed = "{\"name\": \"add\", \"arguments\": {\"a\": 3, \"b\": 5}}\n{\"name\": \"pow\", \"arguments\": {\"a\": 3}}";
+        check(Hermes, mixed, mixed, &[]);
         // Undeclared name: content, unchanged.
         let pow = "{\"name\": \"pow\", \"arguments\": {\"a\": 3}}";
         check(Hermes, pow, pow, &[]);
