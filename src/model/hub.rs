@@ -819,10 +819,11 @@ fn verify(path: &Path, etag: &str) -> std::io::Result<Verified> {
     Ok(Verified::Unknown)
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
+/// The hex digest of what `prefix` then the file's bytes hash to.
+fn file_digest<D: sha2::Digest>(path: &Path, prefix: &[u8]) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
+    let mut h = D::new();
+    h.update(prefix);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf)?;
@@ -834,95 +835,15 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The etag of an LFS file.
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    file_digest::<sha2::Sha256>(path, b"")
+}
+
+/// The etag of a small (non-LFS) file: its git blob id, the SHA-1 of `blob <len>\0` and the bytes.
 fn git_blob_sha1(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    let mut h = Sha1::new();
-    h.update(format!("blob {len}\0").as_bytes());
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finish().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// SHA-1 (FIPS 180-4), only to compare files with git blob ids, which the hub uses as the etag
-/// of non-LFS files. (Not for security: the hub chose the hash.) awqc has no sha1 crate among its
-/// direct dependencies; this is the whole algorithm.
-struct Sha1 {
-    h: [u32; 5],
-    buf: [u8; 64],
-    used: usize,
-    len: u64,
-}
-
-impl Sha1 {
-    fn new() -> Self {
-        Sha1 { h: [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0], buf: [0; 64], used: 0, len: 0 }
-    }
-
-    fn update(&mut self, mut data: &[u8]) {
-        self.len = self.len.wrapping_add(data.len() as u64);
-        while !data.is_empty() {
-            let take = (64 - self.used).min(data.len());
-            self.buf[self.used..self.used + take].copy_from_slice(&data[..take]);
-            self.used += take;
-            data = &data[take..];
-            if self.used == 64 {
-                let block = self.buf;
-                self.block(&block);
-                self.used = 0;
-            }
-        }
-    }
-
-    fn block(&mut self, b: &[u8; 64]) {
-        let mut w = [0u32; 80];
-        for (i, c) in b.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut bb, mut c, mut d, mut e] = self.h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((bb & c) | (!bb & d), 0x5A827999),
-                20..=39 => (bb ^ c ^ d, 0x6ED9EBA1),
-                40..=59 => ((bb & c) | (bb & d) | (c & d), 0x8F1BBCDC),
-                _ => (bb ^ c ^ d, 0xCA62C1D6),
-            };
-            let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = bb.rotate_left(30);
-            bb = a;
-            a = t;
-        }
-        for (h, v) in self.h.iter_mut().zip([a, bb, c, d, e]) {
-            *h = h.wrapping_add(v);
-        }
-    }
-
-    fn finish(mut self) -> [u8; 20] {
-        let bits = self.len.wrapping_mul(8);
-        self.update(&[0x80]);
-        while self.used != 56 {
-            self.update(&[0]);
-        }
-        let mut last = self.buf;
-        last[56..].copy_from_slice(&bits.to_be_bytes());
-        self.block(&last);
-        let mut out = [0u8; 20];
-        for (o, h) in out.chunks_exact_mut(4).zip(self.h) {
-            o.copy_from_slice(&h.to_be_bytes());
-        }
-        out
-    }
+    let len = std::fs::metadata(path)?.len();
+    file_digest::<sha1::Sha1>(path, format!("blob {len}\0").as_bytes())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1136,24 +1057,7 @@ mod tests {
     }
 
     #[test]
-    fn sha1_matches_known_vectors_and_git() {
-        let hex = |d: [u8; 20]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-        let one = |data: &[u8]| {
-            let mut h = Sha1::new();
-            h.update(data);
-            hex(h.finish())
-        };
-        assert_eq!(one(b""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
-        assert_eq!(one(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
-        assert_eq!(
-            one(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
-            "84983e441c3bd26ebaae4aa1f95129e5e54670f1"
-        );
-        let mut h = Sha1::new();
-        for _ in 0..1000 {
-            h.update(&[b'a'; 1000]);
-        }
-        assert_eq!(hex(h.finish()), "34aa973cd4c4daa4f61eeb2bdbad27316534016f");
+    fn git_blob_ids_and_sha256_of_files() {
         // `git hash-object` of a file holding "hello\n".
         let dir = std::env::temp_dir().join(format!("awqc-sha1-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
