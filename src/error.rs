@@ -56,8 +56,11 @@ impl Error {
     pub fn interrupted(msg: impl Into<String>) -> Self {
         Error::new(ErrorKind::Interrupted, msg)
     }
-    /// An OS-level failure on `path`.
+    /// An OS-level failure on `path`; a full disk is said plainly, with what to do.
     pub fn io(path: impl fmt::Display, err: std::io::Error) -> Self {
+        if is_disk_full(&err) {
+            return Error::new(ErrorKind::Io, format!("{path}: no space left on the device (free some space and run again)"));
+        }
         Error::new(ErrorKind::Io, format!("{path}: {err}"))
     }
     /// Prefix the message with more context, keeping the kind: `"{ctx}: {msg}"`.
@@ -94,6 +97,11 @@ macro_rules! bail_input {
     ($what:expr, $($arg:tt)*) => {
         return Err($crate::error::Error::input($what, format!($($arg)*)))
     };
+}
+
+/// Whether an OS error means "no room to write": ENOSPC (28), or EDQUOT (122 on Linux).
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(28) | Some(122))
 }
 
 /// Attach a path to `std::io::Result`s.

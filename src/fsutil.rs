@@ -109,11 +109,18 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let parent = parent_of(path);
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let tmp = parent.join(format!(".{name}.awqc-tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).at(tmp.display())?;
-    f.write_all(bytes).at(tmp.display())?;
-    f.sync_all().at(tmp.display())?;
-    drop(f);
-    std::fs::rename(&tmp, path).at(path.display())
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp).at(tmp.display())?;
+        f.write_all(bytes).at(tmp.display())?;
+        f.sync_all().at(tmp.display())?;
+        drop(f);
+        std::fs::rename(&tmp, path).at(path.display())
+    })();
+    if written.is_err() {
+        // Nothing half-written stays behind (a full disk, a rename refused).
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Remove staging directories of `name` left by awqc processes that no longer exist (killed jobs).
@@ -167,5 +174,22 @@ mod tests {
         d.commit().unwrap();
         assert!(out.join("b").exists() && !out.join("a").exists());
         std::fs::remove_dir_all(&base).unwrap();
+    }
+    #[test]
+    fn atomic_write_leaves_nothing_behind_when_it_fails_and_names_a_full_disk() {
+        let base = std::env::temp_dir().join(format!("awqc-fsutil-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("taken/inside")).unwrap();
+        write_file_atomic(&base.join("f"), b"ok").unwrap();
+        assert_eq!(std::fs::read(base.join("f")).unwrap(), b"ok");
+        // The rename over a non-empty directory is refused: an error, and no temporary file.
+        assert!(write_file_atomic(&base.join("taken"), b"x").is_err());
+        let mut names: Vec<String> = std::fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["f", "taken"]);
+        std::fs::remove_dir_all(&base).unwrap();
+        let e = Error::io("/cache/blobs", std::io::Error::from_raw_os_error(28));
+        assert_eq!(e.exit_code(), 6);
+        assert_eq!(e.msg, "/cache/blobs: no space left on the device (free some space and run again)");
     }
 }

@@ -74,7 +74,9 @@ struct Hub {
 
 impl Hub {
     fn start(base: &Path, repos: &[(&str, &Path)], faults: &[&str]) -> Hub {
-        let log = base.join(format!("requests-{}.jsonl", repos.len() + faults.len() + rand_suffix()));
+        // One log per server: a test may run two.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let log = base.join(format!("requests-{}.jsonl", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
         let mut c = Command::new("python3");
         c.arg(root().join("scripts/hub-server.py")).arg("--log").arg(&log);
         for (id, dir) in repos {
@@ -119,12 +121,6 @@ impl Drop for Hub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn rand_suffix() -> usize {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    N.fetch_add(1, Ordering::Relaxed) * 100
 }
 
 /// `awqc` with only the hub settings given here (none inherited from the caller's environment).

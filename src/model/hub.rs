@@ -18,7 +18,7 @@
 //! file, the git blob sha1 of a small one) and only then moved into `blobs/` and linked from the
 //! snapshot: nothing unverified or half-written ever appears under `snapshots/`.
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, IoContext, Result};
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 use std::collections::BTreeSet;
@@ -363,34 +363,11 @@ fn has_safetensors(dir: &Path) -> bool {
     })
 }
 
-/// Write a small file through a temporary name, so a reader never sees it half-written.
+/// Write a small file (a ref, a `.no_exist` marker) atomically, making its folder first.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
-    let tmp = parent.join(format!(
-        ".{}.awqc-tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| io_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_error(path, e)
-    })
-}
-
-/// An OS error on `path`, with a plain word for a full disk.
-fn io_error(path: &Path, e: std::io::Error) -> Error {
-    if is_disk_full(&e) {
-        Error::new(ErrorKind::Io, format!("{}: no space left on the device (free some space and run again)", path.display()))
-    } else {
-        Error::io(path.display(), e)
-    }
-}
-
-fn is_disk_full(e: &std::io::Error) -> bool {
-    // ENOSPC (28) and EDQUOT (122 on Linux): both mean "no room to write".
-    e.kind() == std::io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(28) | Some(122))
+    std::fs::create_dir_all(parent).at(parent.display())?;
+    crate::fsutil::write_file_atomic(path, bytes)
 }
 
 /// The shard file names a `model.safetensors.index.json` lists (plain names only, sorted).
@@ -471,7 +448,7 @@ fn download(env: &HubEnv, rc: &RepoCache, arg: &str, repo: &str, revision: &str)
         )));
     }
     let snap = rc.snapshot(&commit);
-    std::fs::create_dir_all(&snap).map_err(|e| io_error(&snap, e))?;
+    std::fs::create_dir_all(&snap).at(snap.display())?;
     rc.write_ref(revision, &commit)?;
     // Record what the repository lacks, as huggingface_hub does, so the next run can tell a
     // complete snapshot without asking the hub.
@@ -506,15 +483,18 @@ fn download(env: &HubEnv, rc: &RepoCache, arg: &str, repo: &str, revision: &str)
 
     let fetcher = Fetcher { rc, api: &api, repo, revision, commit: &commit, staging: &staging };
     let mut stats = Stats::default();
-    for f in &first {
-        fetcher.ensure(f, &mut stats).map_err(|e| match e {
+    let fetch = |f: &str, stats: &mut Stats| {
+        fetcher.ensure(f, stats).map_err(|e| match e {
             FetchFail::Api(e) => describe(e, Asking::File(f)),
             FetchFail::Done(e) => Fail::Error(e),
-        })?;
+        })
+    };
+    for f in &first {
+        fetch(f, &mut stats)?;
     }
     let weights: Vec<String> = if sharded {
         let index = snap.join(INDEX);
-        let bytes = std::fs::read(&index).map_err(|e| io_error(&index, e))?;
+        let bytes = std::fs::read(&index).at(index.display())?;
         let shards = shards_of_index(&bytes).map_err(|e| e.context(format!("{repo}@{revision}")))?;
         if let Some(gone) = shards.iter().find(|s| !listed.contains(*s)) {
             return Err(Fail::Error(Error::input(
@@ -531,10 +511,7 @@ fn download(env: &HubEnv, rc: &RepoCache, arg: &str, repo: &str, revision: &str)
         weights_listed
     };
     for f in &weights {
-        fetcher.ensure(f, &mut stats).map_err(|e| match e {
-            FetchFail::Api(e) => describe(e, Asking::File(f)),
-            FetchFail::Done(e) => Fail::Error(e),
-        })?;
+        fetch(f, &mut stats)?;
     }
     fetcher.clean_staging();
     crate::progress::status(&format!(
@@ -625,7 +602,7 @@ impl Fetcher<'_> {
                 }
             };
             let (blob, etag) = self.staged_blob(&pointer)?;
-            let size = std::fs::metadata(&blob).map_err(|e| io_error(&blob, e))?.len();
+            let size = std::fs::metadata(&blob).at(blob.display())?.len();
             match verify(&blob, &etag) {
                 Ok(Verified::Yes(algo)) => {
                     bar.done(file, size, started, &format!("{algo} ok"));
@@ -653,7 +630,7 @@ impl Fetcher<'_> {
                         ),
                     )));
                 }
-                Err(e) => return Err(FetchFail::Done(io_error(&blob, e))),
+                Err(e) => return Err(FetchFail::Done(Error::io(blob.display(), e))),
             }
             self.install(file, &pointer, &blob, &etag)?;
             stats.files += 1;
@@ -669,11 +646,11 @@ impl Fetcher<'_> {
     /// The verified-to-be blob hf-hub wrote for `pointer`, and its etag (the blob's name under
     /// `blobs/`; a weak etag `W/"x"` leaves hf-hub's name as `W/x`).
     fn staged_blob(&self, pointer: &Path) -> Result<(PathBuf, String), FetchFail> {
-        let link = std::fs::read_link(pointer).map_err(|e| io_error(pointer, e))?;
+        let link = std::fs::read_link(pointer).at(pointer.display())?;
         let blob = pointer.parent().unwrap_or(Path::new(".")).join(&link);
         let blobs = self.staged_repo().join("blobs");
-        let blob = std::fs::canonicalize(&blob).map_err(|e| io_error(&blob, e))?;
-        let blobs_c = std::fs::canonicalize(&blobs).map_err(|e| io_error(&blobs, e))?;
+        let blob = std::fs::canonicalize(&blob).at(blob.display())?;
+        let blobs_c = std::fs::canonicalize(&blobs).at(blobs.display())?;
         let name = blob
             .strip_prefix(&blobs_c)
             .map_err(|_| {
@@ -694,27 +671,26 @@ impl Fetcher<'_> {
             )));
         }
         let blobs = self.rc.blobs();
-        std::fs::create_dir_all(&blobs).map_err(|e| io_error(&blobs, e))?;
+        std::fs::create_dir_all(&blobs).at(blobs.display())?;
         let dest = blobs.join(etag);
-        if present(&dest) {
-            // Same content already cached (another revision or another tool).
-            let _ = std::fs::remove_file(blob);
-        } else {
-            std::fs::rename(blob, &dest).map_err(|e| io_error(&dest, e))?;
+        // Same content already cached (another revision or another tool): the staged copy goes
+        // with the rest of the staging bookkeeping below.
+        if !present(&dest) {
+            std::fs::rename(blob, &dest).at(dest.display())?;
         }
         let link = self.rc.snapshot(self.commit).join(file);
         if let Some(dir) = link.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+            std::fs::create_dir_all(dir).at(dir.display())?;
         }
         if std::fs::symlink_metadata(&link).is_ok() {
-            std::fs::remove_file(&link).map_err(|e| io_error(&link, e))?;
+            std::fs::remove_file(&link).at(link.display())?;
         }
-        link_blob(&dest, etag, &link).map_err(|e| io_error(&link, e))?;
-        let _ = std::fs::remove_file(pointer);
-        let _ = std::fs::remove_file(blob.with_extension("lock"));
+        link_blob(&dest, etag, &link).at(link.display())?;
+        self.remove_staged(pointer, blob);
         Ok(())
     }
 
+    /// Remove hf-hub's staged pointer, blob (if still there) and lock file of one download.
     fn remove_staged(&self, pointer: &Path, blob: &Path) {
         let _ = std::fs::remove_file(blob);
         let _ = std::fs::remove_file(pointer);
@@ -759,7 +735,7 @@ impl Fetcher<'_> {
     fn disk_full_context(&self, file: &str, e: ApiError) -> FetchFail {
         let blobs = self.staged_repo().join("blobs");
         match e {
-            ApiError::IoError(io) if is_disk_full(&io) => FetchFail::Done(Error::new(
+            ApiError::IoError(io) if crate::error::is_disk_full(&io) => FetchFail::Done(Error::new(
                 ErrorKind::Io,
                 format!(
                     "{}: no space left on the device while downloading {file} of {}@{} (free some space and run again: the partial file is kept there and the download resumes; nothing was added to the snapshot)",
@@ -775,7 +751,6 @@ impl Fetcher<'_> {
             e => FetchFail::Api(e),
         }
     }
-
 }
 
 /// Link `link` to the blob `dest` the way the cache does (a relative symlink).
@@ -1094,12 +1069,5 @@ mod tests {
         assert!(no_proxy_matches("*", "huggingface.co"));
         assert!(!no_proxy_matches("example.com", "huggingface.co"));
         assert!(!no_proxy_matches("", "huggingface.co"));
-    }
-
-    #[test]
-    fn disk_full_names_the_path() {
-        let e = io_error(Path::new("/cache/blobs"), std::io::Error::from_raw_os_error(28));
-        assert_eq!(e.kind, ErrorKind::Io);
-        assert!(e.msg.starts_with("/cache/blobs: no space left"), "{}", e.msg);
     }
 }
