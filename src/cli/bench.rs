@@ -22,9 +22,8 @@ pub struct Args {
     /// Full-precision model directory, or a hub id org/name[@revision] (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
-    /// Hub revision (branch, tag or commit) of a hub-id --model; the same as `org/name@REV` [default: main].
-    #[arg(long)]
-    pub revision: Option<String>,
+    #[command(flatten)]
+    pub revision: crate::cli::Revision,
     /// Perplexity windows (512 tokens each) for the eval step.
     #[arg(long, default_value_t = 8)]
     pub windows: usize,
@@ -72,7 +71,7 @@ fn decode_row(
     }
     use crate::cli::gpu::{decode_on, BenchDecodeArgs};
     use crate::engine::device::DeviceKind;
-    let args = BenchDecodeArgs { model: dir.display().to_string(), revision: None, device: DeviceKind::Cpu, prompt_tokens: 128, tokens, quant_policy: vec![0], cache_max_entry_count: 0.8 };
+    let args = BenchDecodeArgs { model: dir.display().to_string(), revision: Default::default(), device: DeviceKind::Cpu, prompt_tokens: 128, tokens, quant_policy: vec![0], cache_max_entry_count: 0.8 };
     let r = decode_on::<CpuBackend>(Default::default(), dir, &args, DeviceKind::Cpu)?.remove(0);
     // FLOPs per token from the shapes (the weights' bytes per token depend on the format).
     let c = ModelConfig::from_file(&dir.join("config.json"))?;
@@ -144,7 +143,7 @@ pub fn forward_flops_per_token(c: &ModelConfig, t: usize) -> f64 {
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
-    let model = crate::model::weights::resolve_model_path(&a.model, a.revision.as_deref())?;
+    let model = a.revision.resolve(&a.model)?;
     let name = model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let mut rows: Vec<Row> = Vec::new();
     let push = |rows: &mut Vec<Row>, step: &str, seconds: f64, tps: Option<f64>, gf: Option<f64>, ceil: f64| {

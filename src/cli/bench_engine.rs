@@ -21,9 +21,8 @@ pub struct Args {
     /// Model directories (HF, AutoAWQ or TurboMind) or hub ids org/name[@revision], each measured in turn.
     #[arg(long, required = true, num_args = 1..)]
     pub model: Vec<String>,
-    /// Hub revision (branch, tag or commit) of the hub ids in --model; the same as `org/name@REV` [default: main].
-    #[arg(long)]
-    pub revision: Option<String>,
+    #[command(flatten)]
+    pub revision: crate::cli::Revision,
     /// Tokens decoded per sequence (after a 128-token prompt).
     #[arg(long, default_value_t = 128)]
     pub decode_tokens: usize,
@@ -150,7 +149,7 @@ fn argmax(l: &[f32]) -> u32 {
 /// One model's rows and memory line, measured in this process (load first, so the resident
 /// size is the model's own).
 fn measure(name: &str, a: &Args, ceiling: f64, bw: f64) -> Result<(Vec<EngineRow>, serde_json::Value)> {
-    let dir = crate::model::weights::resolve_model_path(name, a.revision.as_deref())?;
+    let dir = a.revision.resolve(name)?;
     let label = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| name.to_string());
     let before = rss_mib();
     let opts = crate::engine::load::LoadOptions { dequantize: a.dequantize, ..Default::default() };

@@ -18,9 +18,8 @@ pub struct Args {
     /// Full-precision model directory, or a hub id org/name[@revision] (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
-    /// Hub revision (branch, tag or commit) of a hub-id --model; the same as `org/name@REV` [default: main].
-    #[arg(long)]
-    pub revision: Option<String>,
+    #[command(flatten)]
+    pub revision: crate::cli::Revision,
     /// Output file (safetensors).
     #[arg(long)]
     pub out: PathBuf,
@@ -46,7 +45,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     a.calib.check()?;
     crate::fsutil::check_output_path(&a.out, a.force)?;
     let kind = device::resolve(a.device)?;
-    let model = crate::model::weights::resolve_model_path(&a.model, a.revision.as_deref())?;
+    let model = a.revision.resolve(&a.model)?;
     let src = HfSource::open(&model)?;
     let tok = Tokenizer::from_model_dir(&model)?;
     let blocks = a.calib.sample(&tok)?;

@@ -16,9 +16,8 @@ pub struct Args {
     /// Model directory (HF, AutoAWQ checkpoint or TurboMind workspace), or a hub id org/name[@revision] (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
-    /// Hub revision (branch, tag or commit) of a hub-id --model; the same as `org/name@REV` [default: main].
-    #[arg(long)]
-    pub revision: Option<String>,
+    #[command(flatten)]
+    pub revision: crate::cli::Revision,
     /// Evaluation text: a bundled dataset name (wikitext2, c4, ...) or a .parquet/.jsonl/.txt file;
     /// documents are joined with "\n\n".
     #[arg(long, default_value = "wikitext2")]
@@ -164,7 +163,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         return Err(Error::usage("--check and --golden go together"));
     }
     let (seqlen, windows) = protocol_of(&a)?;
-    let model = crate::model::weights::resolve_model_path(&a.model, a.revision.as_deref())?;
+    let model = a.revision.resolve(&a.model)?;
     let kind = device::resolve(a.device)?;
     let format = crate::engine::load::detect_format(&model)?;
     let tok = Tokenizer::from_model_dir(&model)?;

@@ -16,9 +16,8 @@ pub struct Args {
     /// Model directory (HF, AutoAWQ or TurboMind), or a hub id org/name[@revision] (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
-    /// Hub revision (branch, tag or commit) of a hub-id --model; the same as `org/name@REV` [default: main].
-    #[arg(long)]
-    pub revision: Option<String>,
+    #[command(flatten)]
+    pub revision: crate::cli::Revision,
     #[arg(long)]
     pub prompt: String,
     /// Wrap the prompt in the model's chat template (one user turn + generation prompt).
@@ -80,7 +79,7 @@ fn run_on<B: Backend>(dev: B::Device, model: &Path, tok: &Tokenizer, ids: &[u32]
 
 pub fn run(a: Args, json: bool) -> Result<()> {
     let kind = device::resolve(a.device)?;
-    let model = crate::model::weights::resolve_model_path(&a.model, a.revision.as_deref())?;
+    let model = a.revision.resolve(&a.model)?;
     let tok = Tokenizer::from_model_dir(&model)?;
     let prompt = if a.chat {
         let tpl = tok.chat_template().ok_or_else(|| Error::input(model.display(), "--chat: the tokenizer has no chat_template"))?;

@@ -244,9 +244,8 @@ pub struct BenchDecodeArgs {
     /// Model directory (HF, AutoAWQ or TurboMind), or a hub id org/name[@revision] (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
-    /// Hub revision (branch, tag or commit) of a hub-id --model; the same as `org/name@REV` [default: main].
-    #[arg(long)]
-    pub revision: Option<String>,
+    #[command(flatten)]
+    pub revision: crate::cli::Revision,
     #[arg(long, value_enum, default_value = "cuda")]
     pub device: DeviceKind,
     /// Prompt length (deterministic token ids).
@@ -361,7 +360,7 @@ pub(crate) fn decode_on<B: Backend>(dev: B::Device, model: &Path, a: &BenchDecod
 
 pub fn bench_decode(a: BenchDecodeArgs, json: bool) -> Result<()> {
     let kind = device::resolve(a.device)?;
-    let model = crate::model::weights::resolve_model_path(&a.model, a.revision.as_deref())?;
+    let model = a.revision.resolve(&a.model)?;
     let runs = crate::with_backend!(kind, decode_on(&model, &a, kind))?;
     if json {
         crate::cli::print_json(&json!(runs));

@@ -12,16 +12,15 @@ pub struct Args {
     /// A model directory (HF, AutoAWQ, TurboMind workspace), a .gguf file, or a hub id org/name[@revision] (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
-    /// Hub revision (branch, tag or commit) of a hub-id --model; the same as `org/name@REV` [default: main].
-    #[arg(long)]
-    pub revision: Option<String>,
+    #[command(flatten)]
+    pub revision: crate::cli::Revision,
     /// List every tensor.
     #[arg(long)]
     pub tensors: bool,
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
-    let path = crate::model::weights::resolve_model_path(&a.model, a.revision.as_deref())?;
+    let path = a.revision.resolve(&a.model)?;
     if path.is_file() && path.extension().map(|e| e == "gguf").unwrap_or(false) {
         return crate::cli::convert::inspect_gguf(&path, a.tensors, json);
     }

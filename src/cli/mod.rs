@@ -136,6 +136,21 @@ impl CalibArgs {
     }
 }
 
+/// `--revision`, beside every `--model` that may be a hub id.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Revision {
+    /// Hub revision (branch, tag or commit) of a hub-id --model; the same as `org/name@REV` [default: main].
+    #[arg(long)]
+    pub revision: Option<String>,
+}
+
+impl Revision {
+    /// `--model` as a path: the local path, or the hub id's snapshot (downloaded when missing).
+    pub fn resolve(&self, model: &str) -> Result<std::path::PathBuf> {
+        crate::model::weights::resolve_model_path(model, self.revision.as_deref())
+    }
+}
+
 /// Print a JSON value on stdout (pretty, one document).
 pub fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into()));

@@ -16,9 +16,8 @@ pub struct Args {
     /// Full-precision model directory, or a hub id org/name[@revision] (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
-    /// Hub revision (branch, tag or commit) of a hub-id --model; the same as `org/name@REV` [default: main].
-    #[arg(long)]
-    pub revision: Option<String>,
+    #[command(flatten)]
+    pub revision: crate::cli::Revision,
     /// Output directory of the AutoAWQ-GEMM checkpoint (lmdeploy calls it --work-dir).
     #[arg(long, alias = "work-dir")]
     pub out: PathBuf,
@@ -133,7 +132,7 @@ pub fn report_path(out: &Path) -> PathBuf {
 pub fn run(a: Args, json: bool) -> Result<()> {
     let mut opts = options(&a)?;
     let kind = device::resolve(a.device)?;
-    let model = crate::model::weights::resolve_model_path(&a.model, a.revision.as_deref())?;
+    let model = a.revision.resolve(&a.model)?;
     let src = HfSource::open(&model)?;
     crate::quant::pipeline::check_group_size(&src.config, opts.params)?;
     if a.turbomind_out.is_some() && (opts.params.group != 128 || opts.params.bits != 4) {

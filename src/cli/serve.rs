@@ -13,9 +13,8 @@ pub struct EngineArgs {
     /// Model directory (HF, AutoAWQ-GEMM or TurboMind workspace), or a hub id org/name[@revision] (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
-    /// Hub revision (branch, tag or commit) of a hub-id --model; the same as `org/name@REV` [default: main].
-    #[arg(long)]
-    pub revision: Option<String>,
+    #[command(flatten)]
+    pub revision: crate::cli::Revision,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
     /// KV cache: 0 = compute dtype, 8 = int8, 4 = int4.
@@ -44,7 +43,7 @@ pub struct EngineArgs {
 
 impl EngineArgs {
     pub fn options(&self) -> Result<EngineOptions> {
-        let model = crate::model::weights::resolve_model_path(&self.model, self.revision.as_deref())?;
+        let model = self.revision.resolve(&self.model)?;
         Ok(EngineOptions {
             model,
             device: self.device,
