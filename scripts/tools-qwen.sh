@@ -22,7 +22,8 @@ die() { echo "tools-qwen.sh: ERROR: $*" >&2; exit 1; }
 [ -x "$AWQC" ] || die "$AWQC missing: cargo build --release"
 [ -f "$QWEN/config.json" ] || die "$QWEN missing: make fixtures-qwen"
 if [ ! -x "$VENV/bin/python" ]; then
-  # The client tests' own script makes the venv (pins in one place); run only its setup.
+  # The client tests' own script makes the venv (pins in one place): its setup, then a pytest
+  # --collect-only that runs nothing. (The setup also makes out/smollm2-awq-g64 when missing.)
   ./scripts/serve-client-tests.sh --collect-only -q >/dev/null || die "making $VENV failed"
 fi
 if [ ! -f "$MODEL/config.json" ] || [ ! -f "$MODEL/model.safetensors" ]; then
