@@ -79,3 +79,56 @@ pub fn status(msg: &str) {
         eprintln!("{msg}");
     }
 }
+
+/// A bar for one transfer of `len` bytes not yet known (bytes, speed, ETA). On a terminal it
+/// appears once [`ByteBar::start`] gives the size; when stderr is not a terminal, [`ByteBar::done`]
+/// prints one line instead; nothing when quiet. Clones draw the same bar.
+#[derive(Clone)]
+pub struct ByteBar {
+    pb: ProgressBar,
+    draw: bool,
+    lines: bool,
+}
+
+pub fn byte_bar(label: &str) -> ByteBar {
+    let tty = std::io::stderr().is_terminal();
+    let pb = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    // Long names keep their end (the file name), within 40 characters.
+    let n = label.chars().count();
+    pb.set_message(if n > 40 { format!("..{}", label.chars().skip(n - 38).collect::<String>()) } else { label.to_string() });
+    ByteBar { pb, draw: !is_quiet() && tty, lines: !is_quiet() && !tty }
+}
+
+impl ByteBar {
+    /// The size is known: show the bar, from 0.
+    pub fn start(&self, len: u64) {
+        self.pb.set_length(len);
+        self.pb.set_position(0);
+        if self.draw && self.pb.is_hidden() {
+            self.pb.set_draw_target(ProgressDrawTarget::stderr());
+        }
+    }
+    /// Bytes already there when a resumed transfer starts: not part of its speed.
+    pub fn resume_at(&self, have: u64) {
+        self.pb.set_position(have);
+        self.pb.reset_eta();
+    }
+    pub fn inc(&self, n: u64) {
+        self.pb.inc(n);
+    }
+    /// Finished: the bar stays on a terminal; elsewhere `line` is printed.
+    pub fn done(&self, line: &str) {
+        self.pb.finish();
+        if self.lines {
+            eprintln!("{line}");
+        }
+    }
+    pub fn clear(&self) {
+        self.pb.finish_and_clear();
+    }
+}

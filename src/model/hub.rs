@@ -945,74 +945,43 @@ fn describe_failure(env: &HubEnv, arg: &str, repo: &str, revision: &str, what: A
 // ---------------------------------------------------------------------------------------------
 // Progress
 
-/// One file's progress bar (bytes, speed, ETA) on a terminal; one line when the file is done when
-/// stderr is not a terminal; nothing with --quiet / --json. hf-hub drives it through its
-/// `Progress` trait: `init` at each (re)start, then the resumed offset as the first `update`.
+/// hf-hub's progress callbacks on a [`crate::progress::ByteBar`]. Clones share the bar.
 #[derive(Clone)]
 struct FileBar {
-    pb: indicatif::ProgressBar,
+    bar: crate::progress::ByteBar,
     /// The next update is the offset a resumed transfer starts at.
     fresh: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Draw on stderr (a terminal, not quiet); shown from the first `init`, once the size is known.
-    draw: bool,
-    lines: bool,
 }
 
 impl FileBar {
     fn new(file: &str) -> Self {
-        use std::io::IsTerminal;
-        let quiet = crate::progress::is_quiet();
-        let tty = std::io::stderr().is_terminal();
-        let pb = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::hidden());
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} (eta {eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        let shown = if file.chars().count() > 40 {
-            format!("..{}", file.chars().rev().take(38).collect::<Vec<_>>().into_iter().rev().collect::<String>())
-        } else {
-            file.to_string()
-        };
-        pb.set_message(shown);
-        FileBar { pb, fresh: Default::default(), draw: !quiet && tty, lines: !quiet && !tty }
+        FileBar { bar: crate::progress::byte_bar(file), fresh: Default::default() }
     }
 
     fn done(&self, file: &str, size: u64, started: Instant, check: &str) {
-        self.pb.finish();
-        if self.lines {
-            let s = started.elapsed().as_secs_f64();
-            eprintln!(
-                "awqc: {file}: {} in {s:.1} s ({}/s), {check}",
-                indicatif::HumanBytes(size),
-                indicatif::HumanBytes((size as f64 / s.max(1e-3)) as u64)
-            );
-        }
+        let s = started.elapsed().as_secs_f64();
+        self.bar.done(&format!(
+            "awqc: {file}: {} in {s:.1} s ({}/s), {check}",
+            indicatif::HumanBytes(size),
+            indicatif::HumanBytes((size as f64 / s.max(1e-3)) as u64)
+        ));
     }
 
     fn clear(&self) {
-        self.pb.finish_and_clear();
+        self.bar.clear();
     }
 }
 
 impl hf_hub::api::Progress for FileBar {
     fn init(&mut self, size: usize, _filename: &str) {
-        self.pb.set_length(size as u64);
-        self.pb.set_position(0);
-        if self.draw && self.pb.is_hidden() {
-            self.pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        }
+        self.bar.start(size as u64);
         self.fresh.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     fn update(&mut self, size: usize) {
         if self.fresh.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            // The bytes a resumed transfer already had: not part of this transfer's speed.
-            self.pb.set_position(size as u64);
-            self.pb.reset_eta();
+            self.bar.resume_at(size as u64);
         } else {
-            self.pb.inc(size as u64);
+            self.bar.inc(size as u64);
         }
     }
     fn finish(&mut self) {}
