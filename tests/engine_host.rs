@@ -3,7 +3,7 @@
 //! decode tokens of several sequences in one pass) against the plain forward and against each
 //! sequence run alone.
 
-use awqc::engine::host::{HostLlama, StepItem};
+use awqc::engine::host::{Activations, HostLlama, StepItem};
 use awqc::engine::kv_cache::{CacheLayout, KvCache, QuantPolicy, SeqState};
 use awqc::model::arch::LayerWeights;
 use awqc::model::config::{Arch, ModelConfig};
@@ -29,9 +29,9 @@ fn dense(c: &ModelConfig, seed: u64) -> (HostLlama, Vec<LayerWeights>, awqc::mod
     (m, layers, g)
 }
 
-fn quantized(c: &ModelConfig, group: usize, seed: u64) -> (HostLlama, QuantizedModel) {
+fn quantized(c: &ModelConfig, group: usize, seed: u64, act: Activations) -> (HostLlama, QuantizedModel) {
     let qm = random_quantized_model(c, QuantParams::new(4, group).unwrap(), seed).unwrap();
-    let m = HostLlama::from_quantized(c, &qm.globals, |i| Ok(qm.layers[i].clone())).unwrap();
+    let m = HostLlama::from_quantized(c, &qm.globals, act, |i| Ok(qm.layers[i].clone())).unwrap();
     (m, qm)
 }
 
@@ -55,10 +55,14 @@ fn host_forward_matches_f64_reference() {
 #[test]
 fn int4_model_matches_f64_reference_of_its_dequantized_weights() {
     // Packed INT4 kernels + f16 embedding/head against the f64 reference on the dequantized
-    // weights (the globals are f16-exact, so the f16 tables lose nothing).
+    // weights (the globals are f16-exact, so the f16 tables lose nothing). f32 activations only:
+    // the int8 kernels are checked against f64 in their unit tests (w4a8_cpu.rs, q8_cpu.rs), and
+    // on the real model in smollm2_e2e (perplexity, greedy text); this random model's peaky
+    // attention turns their 0.4% activation rounding into logit changes of 8-35%, which says
+    // nothing about the kernels.
     for group in [32, 64] {
         let c = synth::config(Arch::Llama, 128, 192, 2, 4, 2, 70, group == 32);
-        let (m, qm) = quantized(&c, group, 5);
+        let (m, qm) = quantized(&c, group, 5, Activations::F32);
         let layers: Vec<LayerWeights> = (0..c.num_hidden_layers).map(|i| qm.dequantized_layer(i)).collect();
         let ids: Vec<u32> = (0..13).map(|i| ((i * 11 + 2) % c.vocab_size) as u32).collect();
         let got = m.forward_logits(&ids, 1, ids.len(), None).unwrap();
@@ -84,17 +88,17 @@ fn stepped(m: &HostLlama, policy: QuantPolicy, prompt: &[u32], chunk: usize) -> 
 #[test]
 fn step_in_chunks_equals_forward_for_every_policy() {
     let c = synth::config(Arch::Qwen2, 64, 96, 2, 4, 2, 60, false);
-    let (m, _) = quantized(&c, 32, 9);
     // 70 tokens: crosses a 64-token block boundary.
     let prompt: Vec<u32> = (0..70).map(|i| ((i * 17 + 5) % 60) as u32).collect();
     let v = c.vocab_size;
-    for policy in [QuantPolicy::None, QuantPolicy::Int8, QuantPolicy::Int4] {
+    for (act, policy) in [Activations::F32, Activations::Int8].into_iter().flat_map(|a| [QuantPolicy::None, QuantPolicy::Int8, QuantPolicy::Int4].map(|p| (a, p))) {
+        let (m, _) = quantized(&c, 32, 9, act);
         let full = m.forward_logits(&prompt, 1, prompt.len(), policy.bits()).unwrap();
         for chunk in [1, 7, 64, 70] {
             for (pos, l) in stepped(&m, policy, &prompt, chunk) {
                 let want: Vec<f64> = full[pos * v..(pos + 1) * v].iter().map(|&x| x as f64).collect();
                 let rel = rel_err(&l, &want);
-                assert!(rel < 1e-4, "{policy:?} chunk {chunk} pos {pos}: relative error {rel:e}");
+                assert!(rel < 1e-4, "{act:?} {policy:?} chunk {chunk} pos {pos}: relative error {rel:e}");
             }
         }
     }
@@ -102,8 +106,14 @@ fn step_in_chunks_equals_forward_for_every_policy() {
 
 #[test]
 fn batched_step_is_bit_identical_to_each_sequence_alone() {
+    for act in [Activations::F32, Activations::Int8] {
+        batched_step_is_bit_identical(act);
+    }
+}
+
+fn batched_step_is_bit_identical(act: Activations) {
     let c = synth::config(Arch::Llama, 128, 192, 2, 4, 2, 70, true);
-    let (m, _) = quantized(&c, 64, 3);
+    let (m, _) = quantized(&c, 64, 3, act);
     let prompts: Vec<Vec<u32>> = (0..5).map(|s| (0..(5 + 13 * s)).map(|i| ((i * 7 + s * 3 + 1) % 70) as u32).collect()).collect();
     // Alone: prefill the whole prompt, then 6 greedy decode steps.
     let greedy = |l: &[f32]| l.iter().enumerate().fold(0, |b, (i, &x)| if x > l[b] { i } else { b }) as u32;
@@ -158,7 +168,7 @@ fn batched_step_is_bit_identical_to_each_sequence_alone() {
     for s in 0..prompts.len() {
         assert_eq!(got[s].len(), 7, "sequence {s} did not finish");
         for (i, (a, b)) in got[s].iter().zip(&alone[s]).enumerate() {
-            assert!(a == b, "sequence {s}, output {i}: batched logits differ from the sequence alone");
+            assert!(a == b, "{act:?} sequence {s}, output {i}: batched logits differ from the sequence alone");
         }
     }
     // Releasing every sequence gives all blocks back.

@@ -3,7 +3,7 @@
 //! capacity and prompt-length limits are refused with the right error, shutdown drains.
 
 use awqc::engine::device::CpuBackend;
-use awqc::engine::host::HostLlama;
+use awqc::engine::host::{Activations, HostLlama};
 use awqc::engine::kv_cache::QuantPolicy;
 use awqc::engine::llama::Llama;
 use awqc::model::config::Arch;
@@ -19,7 +19,7 @@ const VOCAB: usize = 90;
 fn engine(max_batch_size: usize, max_concurrent_requests: usize) -> EngineHandle {
     let c = synth::config(Arch::Llama, 128, 192, 2, 4, 2, VOCAB, true);
     let qm = random_quantized_model(&c, QuantParams::new(4, 64).unwrap(), 21).unwrap();
-    let host = HostLlama::from_quantized(&c, &qm.globals, |i| Ok(qm.layers[i].clone())).unwrap();
+    let host = HostLlama::from_quantized(&c, &qm.globals, Activations::Int8, |i| Ok(qm.layers[i].clone())).unwrap();
     let model = Llama::<CpuBackend>::from_host_model(host, &Default::default());
     let cfg = SchedulerConfig {
         max_batch_size,

@@ -6,7 +6,8 @@
 
 use crate::cli::bench::{best_of_3_gflops, forward_flops_per_token};
 use crate::engine::device::CpuBackend;
-use crate::engine::host::StepItem;
+use crate::engine::host::{Activations, StepItem};
+use clap::ValueEnum;
 use crate::engine::kv_cache::{QuantPolicy, SeqState};
 use crate::engine::llama::Llama;
 use crate::error::{Error, Result};
@@ -35,6 +36,9 @@ pub struct Args {
     /// Run the dequantized f32 burn model instead of the host model (the old CPU path).
     #[arg(long)]
     pub dequantize: bool,
+    /// INT4 models: activations the kernels multiply with.
+    #[arg(long, value_enum, default_value = "int8")]
+    pub activations: Activations,
     /// Ceilings measured by a parent run (several models are measured one per process).
     #[arg(long, hide = true)]
     pub bandwidth_gbps: Option<f64>,
@@ -152,7 +156,7 @@ fn measure(name: &str, a: &Args, ceiling: f64, bw: f64) -> Result<(Vec<EngineRow
     let dir = a.revision.resolve(name)?;
     let label = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| name.to_string());
     let before = rss_mib();
-    let opts = crate::engine::load::LoadOptions { dequantize: a.dequantize, ..Default::default() };
+    let opts = crate::engine::load::LoadOptions { dequantize: a.dequantize, activations: a.activations, ..Default::default() };
     let lm = crate::engine::load::load_model::<CpuBackend>(&dir, &opts, &Default::default())?;
     let m = &lm.model;
     let resident = rss_mib() - before;
@@ -231,6 +235,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
                 .args(["--batch", &batch.join(","), "--prefill-tokens", &a.prefill_tokens.to_string()])
                 .args(["--bandwidth-gbps", &bw.to_string(), "--ceiling-gflops", &ceiling.to_string()])
                 .args(if a.dequantize { vec!["--dequantize"] } else { vec![] })
+                .args(["--activations", a.activations.to_possible_value().unwrap().get_name()])
                 .output()
                 .map_err(|e| Error::internal(format!("cannot run {}: {e}", exe.display())))?;
             if !out.status.success() {

@@ -4,6 +4,7 @@
 use crate::data::tokenizer::Tokenizer;
 use crate::engine::device::{self, DeviceKind};
 use crate::engine::golden::{GoldenFile, Protocol};
+use crate::engine::host::Activations;
 use crate::engine::load::{load_model, LoadOptions};
 use crate::engine::ppl::{perplexity, PplResult};
 use crate::error::{Error, Result};
@@ -57,6 +58,10 @@ pub struct Args {
     /// CPU: run the dequantized f32 model instead of the packed INT4 kernels (a cross-check).
     #[arg(long)]
     pub dequantize: bool,
+    /// CPU, INT4 models: activations the kernels multiply with. f32 (default here): perplexity
+    /// of the checkpoint as GPUs run it (W4A16); int8: what `generate`, `chat` and `serve` run.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub activations: Activations,
 }
 
 /// Parse `--rope-scaling`.
@@ -174,6 +179,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             max_position_embeddings: a.max_position_embeddings,
             rope_scaling: a.rope_scaling.as_deref().map(parse_rope_flag).transpose()?,
             dequantize: a.dequantize,
+            activations: a.activations,
         },
         kv_policy: Some(crate::engine::kv_cache::QuantPolicy::from_flag(a.quant_policy)?),
     };

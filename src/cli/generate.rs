@@ -3,6 +3,7 @@
 use crate::data::tokenizer::Tokenizer;
 use crate::engine::device::{self, DeviceKind};
 use crate::engine::generate::{apply_chat_template, generate, GenStats, SamplerConfig};
+use crate::engine::host::Activations;
 use crate::engine::kv_cache::QuantPolicy;
 use crate::engine::load::{load_model, LoadOptions};
 use crate::error::{Error, Result};
@@ -46,10 +47,14 @@ pub struct Args {
     /// CPU: run the dequantized f32 model instead of the packed INT4 kernels (a cross-check).
     #[arg(long)]
     pub dequantize: bool,
+    /// CPU, INT4 models: activations the kernels multiply with (int8: integer dot products,
+    /// several times faster; f32: the W4A16 arithmetic of the GPU kernels).
+    #[arg(long, value_enum, default_value = "int8")]
+    pub activations: Activations,
 }
 
 fn run_on<B: Backend>(dev: B::Device, model: &Path, tok: &Tokenizer, ids: &[u32], a: &Args, json: bool) -> Result<(String, GenStats)> {
-    let lm = load_model::<B>(model, &LoadOptions { dequantize: a.dequantize, ..Default::default() }, &dev)?;
+    let lm = load_model::<B>(model, &LoadOptions { dequantize: a.dequantize, activations: a.activations, ..Default::default() }, &dev)?;
     let policy = QuantPolicy::from_flag(a.quant_policy)?;
     let sampler = SamplerConfig { temperature: a.temperature, top_p: a.top_p, top_k: 0, seed: a.seed };
     let eos: Vec<u32> = tok.eos_id().into_iter().chain(lm.model.config.eos_token_id).collect();

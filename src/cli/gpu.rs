@@ -305,7 +305,7 @@ pub(crate) fn decode_on<B: Backend>(dev: B::Device, model: &Path, a: &BenchDecod
         // The host model (CPU): its resident weight bytes, all read once per decoded token.
         bytes = h.weight_bytes() as f64;
         let (q, d) = h.layers.iter().flat_map(|l| l.linears()).fold((0, 0), |(q, d), lin| match lin.w {
-            crate::engine::host::HostWeight::Int4(_) => (q + 1, d),
+            crate::engine::host::HostWeight::Int4(_) | crate::engine::host::HostWeight::W4A8(_) => (q + 1, d),
             crate::engine::host::HostWeight::F32(_) => (q, d + 1),
         });
         (int4, dense) = (q, d);

@@ -2,6 +2,7 @@
 //! `serve api_server`'s flag names. [`EngineArgs`] are shared with `awqc chat`.
 
 use crate::engine::device::DeviceKind;
+use crate::engine::host::Activations;
 use crate::error::Result;
 use crate::serve::model::{default_model_name, EngineOptions};
 use crate::serve::{ServeOptions, http::DEFAULT_BODY_LIMIT};
@@ -39,6 +40,10 @@ pub struct EngineArgs {
     /// A Jinja chat template file to use instead of the model's (ChatML when the model has none).
     #[arg(long)]
     pub chat_template: Option<PathBuf>,
+    /// CPU, INT4 models: activations the kernels multiply with (int8: integer dot products,
+    /// several times faster; f32: the W4A16 arithmetic of the GPU kernels).
+    #[arg(long, value_enum, default_value = "int8")]
+    pub activations: Activations,
 }
 
 impl EngineArgs {
@@ -54,6 +59,7 @@ impl EngineArgs {
             session_len: self.session_len,
             prefill_chunk: self.prefill_chunk,
             chat_template: self.chat_template.clone(),
+            activations: self.activations,
         })
     }
 }

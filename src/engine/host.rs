@@ -18,6 +18,8 @@
 
 use crate::engine::attention_cpu::{causal_attention, exp_neg, silu_mul, AttnShape};
 use crate::engine::int4_cpu::{self, F16Matrix, PackedInt4};
+use crate::engine::q8_cpu::{self, Q8Matrix};
+use crate::engine::w4a8_cpu::{self, PackedW4A8};
 use crate::engine::kv_cache::{KvCache, SeqState};
 use crate::engine::rope::Rope;
 use crate::error::{Error, Result};
@@ -27,10 +29,26 @@ use crate::quant::int4::QuantizedLinear;
 use crate::quant::qmodel::QuantizedLayer;
 use rayon::prelude::*;
 
+/// How the CPU multiplies activations with INT4 weights (`--activations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activations {
+    /// f32 activations (W4A16, `int4_cpu.rs`): the arithmetic GPUs and vLLM use; perplexity
+    /// equals the dequantized model's to f32 rounding.
+    F32,
+    /// Activations rounded to int8 per 32 values, integer dot products (`w4a8_cpu.rs`, as
+    /// llama.cpp's Q4_0 x Q8_0): several times the f32 rate on the CPU.
+    #[default]
+    Int8,
+}
+
 /// A projection's weight on the host, `[N, K]` (nn.Linear orientation).
 pub enum HostWeight {
     F32(Vec<f32>),
+    /// INT4 for f32 activations.
     Int4(PackedInt4),
+    /// INT4 for int8 activations.
+    W4A8(PackedW4A8),
 }
 
 /// `y = x·Wᵀ + b`.
@@ -47,8 +65,15 @@ impl HostLinear {
         HostLinear { n, k, w: HostWeight::F32(l.w.data.clone()), b: l.b.clone() }
     }
 
-    pub fn from_quantized(l: &QuantizedLinear) -> Result<Self> {
-        Ok(HostLinear { n: l.n, k: l.k, w: HostWeight::Int4(PackedInt4::from_quantized(l)?), b: l.bias.clone() })
+    /// Packed for `act` (int8 activations need a group size that is a multiple of 32; other
+    /// layers keep f32 activations).
+    pub fn from_quantized(l: &QuantizedLinear, act: Activations) -> Result<Self> {
+        let w = if act == Activations::Int8 && w4a8_cpu::supports_group(l.params.group) {
+            HostWeight::W4A8(PackedW4A8::from_quantized(l)?)
+        } else {
+            HostWeight::Int4(PackedInt4::from_quantized(l)?)
+        };
+        Ok(HostLinear { n: l.n, k: l.k, w, b: l.bias.clone() })
     }
 
     /// Resident bytes of the weight.
@@ -56,6 +81,7 @@ impl HostLinear {
         let w = match &self.w {
             HostWeight::F32(w) => w.len() * 4,
             HostWeight::Int4(p) => p.bytes(),
+            HostWeight::W4A8(p) => p.bytes(),
         };
         w + self.b.as_ref().map_or(0, |b| b.len() * 4)
     }
@@ -67,6 +93,7 @@ impl HostLinear {
         match &self.w {
             HostWeight::F32(w) => matmul_f32_nt(x, w, &mut y, m, self.k, self.n),
             HostWeight::Int4(p) => int4_cpu::int4_matmul(x, m, p, &mut y),
+            HostWeight::W4A8(p) => w4a8_cpu::w4a8_matmul(&w4a8_cpu::quantize_rows(x, m, self.k, p.group), p, &mut y),
         }
         if let Some(b) = &self.b {
             y.par_chunks_mut(self.n).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
@@ -130,6 +157,8 @@ pub enum Table {
     F32(Vec<f32>),
     /// fp16 checkpoints (AutoAWQ / TurboMind store these tensors as f16: kept without loss).
     F16(F16Matrix),
+    /// int8 with f16 scales per 32 values (quantized models run with int8 activations).
+    Q8(Q8Matrix),
 }
 
 impl Table {
@@ -137,6 +166,7 @@ impl Table {
         match self {
             Table::F32(w) => out.copy_from_slice(&w[i * h..(i + 1) * h]),
             Table::F16(w) => w.row_f32(i, out),
+            Table::Q8(w) => w.row_f32(i, out),
         }
     }
     /// `x [M, H] -> [M, V]`
@@ -145,6 +175,7 @@ impl Table {
         match self {
             Table::F32(w) => matmul_f32_nt(x, w, &mut y, m, h, v),
             Table::F16(w) => int4_cpu::f16_matmul(x, m, w, &mut y),
+            Table::Q8(w) => q8_cpu::q8_matmul(&w4a8_cpu::quantize_rows(x, m, h, h), w, &mut y),
         }
         y
     }
@@ -152,6 +183,7 @@ impl Table {
         match self {
             Table::F32(w) => w.len() * 4,
             Table::F16(w) => w.bytes(),
+            Table::Q8(w) => w.bytes(),
         }
     }
 }
@@ -181,7 +213,7 @@ fn stack_dense(parts: &[&Linear]) -> Result<HostLinear> {
 }
 
 /// Stack quantized linears along the output dim; a missing bias counts as zeros.
-fn stack_quantized(parts: &[&QuantizedLinear]) -> Result<HostLinear> {
+fn stack_quantized(parts: &[&QuantizedLinear], act: Activations) -> Result<HostLinear> {
     let any_bias = parts.iter().any(|l| l.bias.is_some());
     let owned: Vec<QuantizedLinear> = parts
         .iter()
@@ -193,7 +225,7 @@ fn stack_quantized(parts: &[&QuantizedLinear]) -> Result<HostLinear> {
             l
         })
         .collect();
-    HostLinear::from_quantized(&crate::quant::qmodel::concat_rows(&owned.iter().collect::<Vec<_>>())?)
+    HostLinear::from_quantized(&crate::quant::qmodel::concat_rows(&owned.iter().collect::<Vec<_>>())?, act)
 }
 
 impl HostLayer {
@@ -210,14 +242,14 @@ impl HostLayer {
         })
     }
 
-    pub fn from_quantized(w: &QuantizedLayer) -> Result<Self> {
+    pub fn from_quantized(w: &QuantizedLayer, act: Activations) -> Result<Self> {
         Ok(HostLayer {
             attn_norm: w.attn_norm.clone(),
-            qkv: stack_quantized(&[&w.q, &w.k, &w.v])?,
-            o: HostLinear::from_quantized(&w.o)?,
+            qkv: stack_quantized(&[&w.q, &w.k, &w.v], act)?,
+            o: HostLinear::from_quantized(&w.o, act)?,
             mlp_norm: w.mlp_norm.clone(),
-            gate_up: stack_quantized(&[&w.gate, &w.up])?,
-            down: HostLinear::from_quantized(&w.down)?,
+            gate_up: stack_quantized(&[&w.gate, &w.up], act)?,
+            down: HostLinear::from_quantized(&w.down, act)?,
             q_dim: w.q.n,
             kv_dim: w.k.n,
         })
@@ -340,15 +372,29 @@ impl HostLlama {
     }
 
     /// From a quantized model: packed INT4 linears, f16 embedding and head (the checkpoint's own
-    /// precision for them, so nothing is lost).
-    pub fn from_quantized(c: &ModelConfig, g: &GlobalWeights, mut layer: impl FnMut(usize) -> Result<QuantizedLayer>) -> Result<Self> {
-        let layers = (0..c.num_hidden_layers).map(|i| layer(i).and_then(|w| HostLayer::from_quantized(&w))).collect::<Result<_>>()?;
+    /// precision for them, so nothing is lost), multiplied with `act` activations.
+    pub fn from_quantized(
+        c: &ModelConfig,
+        g: &GlobalWeights,
+        act: Activations,
+        mut layer: impl FnMut(usize) -> Result<QuantizedLayer>,
+    ) -> Result<Self> {
+        let layers = (0..c.num_hidden_layers).map(|i| layer(i).and_then(|w| HostLayer::from_quantized(&w, act))).collect::<Result<_>>()?;
         let (v, h) = (c.vocab_size, c.hidden_size);
+        // int8 activations: the embedding / LM head in q8 too (half the bytes the LM head reads
+        // per decoded token); f32 activations keep the checkpoint's f16.
+        let table = |w: &[f32]| {
+            if act == Activations::Int8 && Q8Matrix::supports(h) {
+                Table::Q8(Q8Matrix::from_f32(w, v, h))
+            } else {
+                Table::F16(F16Matrix::from_f32(w, v, h))
+            }
+        };
         Ok(HostLlama {
             config: c.clone(),
             rope: Rope::from_config(c),
-            embed: Table::F16(F16Matrix::from_f32(&g.embed.data, v, h)),
-            lm_head: g.lm_head.as_ref().map(|w| Table::F16(F16Matrix::from_f32(&w.data, v, h))),
+            embed: table(&g.embed.data),
+            lm_head: g.lm_head.as_ref().map(|w| table(&w.data)),
             norm: g.norm.clone(),
             layers,
         })
@@ -479,15 +525,9 @@ impl HostLlama {
                     cache_ref.read(s, li, kvh, s.len, &mut kb, &mut vb);
                     let (r0, r1) = (first[i], first[i + 1]);
                     let mut out = vec![0f32; (r1 - r0) * g * d];
-                    let mut sc = vec![0f32; s.len];
-                    for r in r0..r1 {
-                        let n = rows[r].1 + 1;
-                        for gi in 0..g {
-                            let hh = kvh * g + gi;
-                            let qh = &q[r * hq * d + hh * d..r * hq * d + (hh + 1) * d];
-                            attend_one(qh, &kb[..n * d], &vb[..n * d], &mut sc[..n], scale, &mut out[((r - r0) * g + gi) * d..((r - r0) * g + gi + 1) * d]);
-                        }
-                    }
+                    // The G query heads of this KV head are consecutive in a row of q.
+                    let qs: Vec<(usize, &[f32])> = (r0..r1).map(|r| (rows[r].1 + 1, &q[r * hq * d + kvh * g * d..r * hq * d + (kvh + 1) * g * d])).collect();
+                    attend_head(&kb, &vb, s.len, d, scale, &qs, &mut out);
                     out
                 })
                 .collect();
@@ -510,26 +550,98 @@ impl HostLlama {
     }
 }
 
-/// Softmax attention of one query head vector over `n` keys: `out = softmax(q·Kᵀ·scale)·V`.
-/// Sequential in key order (the result does not depend on what else runs).
-fn attend_one(q: &[f32], k: &[f32], v: &[f32], sc: &mut [f32], scale: f32, out: &mut [f32]) {
-    let d = q.len();
-    let mut m = f32::NEG_INFINITY;
-    for (j, s) in sc.iter_mut().enumerate() {
-        let kj = &k[j * d..(j + 1) * d];
-        *s = dot(q, kj) * scale;
-        m = m.max(*s);
+/// Softmax attention over one KV head: for each row (its key count `n_r` and its G query
+/// vectors `[G·D]`), `out = softmax(q·Kᵀ·scale)·V` over keys `0..n_r`; `out` is `[rows, G, D]`.
+///
+/// K (`[n, D]`) is transposed once into 16-key column blocks, so a score block is 16 lanes
+/// of one FMA chain over D (no horizontal sums); each score, the softmax sums (16 partial sums
+/// in key order) and the V accumulation (key order) depend only on the row's own keys: the same
+/// bits whatever else is in the step.
+fn attend_head(
+    k: &[f32],
+    v: &[f32],
+    n: usize,
+    d: usize,
+    scale: f32,
+    rows: &[(usize, &[f32])],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected; the body is the same code (no FMA contraction: same bits).
+        return unsafe { attend_head_avx2(k, v, n, d, scale, rows, out) };
     }
-    let mut z = 0f32;
-    for s in sc.iter_mut() {
-        *s = exp_neg(*s - m);
-        z += *s;
+    attend_head_body(k, v, n, d, scale, rows, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_head_avx2(
+    k: &[f32],
+    v: &[f32],
+    n: usize,
+    d: usize,
+    scale: f32,
+    rows: &[(usize, &[f32])],
+    out: &mut [f32],
+) {
+    attend_head_body(k, v, n, d, scale, rows, out)
+}
+
+#[inline(always)]
+fn attend_head_body(
+    k: &[f32],
+    v: &[f32],
+    n: usize,
+    d: usize,
+    scale: f32,
+    rows: &[(usize, &[f32])],
+    out: &mut [f32],
+) {
+    const L: usize = 16;
+    let np = n.div_ceil(L) * L;
+    // kt[jb][c][l] = K[jb·16 + l][c] (zero past n).
+    let mut kt = vec![0f32; np * d];
+    for j in 0..n {
+        for c in 0..d {
+            kt[(j / L) * L * d + c * L + j % L] = k[j * d + c];
+        }
     }
-    out.fill(0.0);
-    for (j, &p) in sc.iter().enumerate() {
-        let w = p / z;
-        for (o, &vv) in out.iter_mut().zip(&v[j * d..(j + 1) * d]) {
-            *o += w * vv;
+    let mut sc = vec![0f32; np];
+    let mut o = out.chunks_mut(d);
+    for &(nr, heads) in rows {
+        for qh in heads.chunks(d) {
+            let oh = o.next().expect("attend_head: out too short");
+            for jb in 0..nr.div_ceil(L) {
+                let blk = &kt[jb * L * d..(jb + 1) * L * d];
+                let mut acc = [0f32; L];
+                for c in 0..d {
+                    let qc = qh[c];
+                    for l in 0..L {
+                        acc[l] += qc * blk[c * L + l];
+                    }
+                }
+                for l in 0..L {
+                    sc[jb * L + l] = acc[l] * scale;
+                }
+            }
+            let s = &mut sc[..nr];
+            let mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut zl = [0f32; L];
+            for ch in s.chunks_mut(L) {
+                for (l, x) in ch.iter_mut().enumerate() {
+                    *x = exp_neg(*x - mx);
+                    zl[l] += *x;
+                }
+            }
+            let z: f32 = zl.iter().sum();
+            oh.fill(0.0);
+            for (j, &p) in s.iter().enumerate() {
+                let w = p / z;
+                for (ov, &vv) in oh.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+                    *ov += w * vv;
+                }
+            }
         }
     }
 }

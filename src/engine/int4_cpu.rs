@@ -59,15 +59,15 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// Rows per tile (lanes of one AVX-512 vector).
-const NR: usize = 16;
+pub(crate) const NR: usize = 16;
 /// Tiles per super-tile: 4 tiles are interleaved in memory so that the small-M kernels, which
 /// read 4 tiles at once, see one sequential stream (the hardware prefetcher follows it; 4 streams
 /// 4.6 KB apart did not: 3.6 GB/s instead of 9).
-const ST: usize = 4;
+pub(crate) const ST: usize = 4;
 /// Rows per super-tile.
-const SR: usize = NR * ST;
+pub(crate) const SR: usize = NR * ST;
 /// Software prefetch distance (bytes ahead in the weight stream) of the x86 kernels.
-const PREFETCH: usize = 2048;
+pub(crate) const PREFETCH: usize = 2048;
 /// M above which rows are also split across tasks (prefill).
 const SMALL_M: usize = 16;
 /// Rows per task for large M.
@@ -305,19 +305,19 @@ impl F16Matrix {
 // Driver: split the output into disjoint (row block, tile block) tasks.
 
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 impl SyncPtr {
     /// A method, so that closures capture the whole (Sync) wrapper, not the raw pointer field.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
 
 /// Calls `f(m0, m1, t0, t1)` over a partition of `[0, m) x [0, tiles)` in parallel. The partition
 /// changes which task computes an output, never how it is computed.
-fn drive(m: usize, tiles: usize, tile_bytes: usize, f: impl Fn(usize, usize, usize, usize) + Sync) {
+pub(crate) fn drive(m: usize, tiles: usize, tile_bytes: usize, f: impl Fn(usize, usize, usize, usize) + Sync) {
     if m == 0 || tiles == 0 {
         return;
     }
@@ -347,7 +347,7 @@ fn drive(m: usize, tiles: usize, tile_bytes: usize, f: impl Fn(usize, usize, usi
 }
 
 /// Row chunks of at most `max` rows, sizes from {16, 8, 4, 2, 1} (largest first).
-fn row_chunks(m0: usize, m1: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn row_chunks(m0: usize, m1: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
     let mut at = m0;
     std::iter::from_fn(move || {
         if at >= m1 {
@@ -427,7 +427,7 @@ pub fn f16_matmul_with(isa: Isa, x: &[f32], m: usize, w: &F16Matrix, y: &mut [f3
 
 /// Store the `valid` first of 16 lanes of row `m` of a tile.
 #[inline(always)]
-unsafe fn store_row(y: *mut f32, ldy: usize, m: usize, n0: usize, valid: usize, v: &[f32; NR]) {
+pub(crate) unsafe fn store_row(y: *mut f32, ldy: usize, m: usize, n0: usize, valid: usize, v: &[f32; NR]) {
     std::ptr::copy_nonoverlapping(v.as_ptr(), y.add(m * ldy + n0), valid);
 }
 

@@ -4,7 +4,7 @@
 //! gives the old f32 burn model). AutoAWQ checkpoints
 //! are read one layer at a time.
 
-use crate::engine::host::HostLlama;
+use crate::engine::host::{Activations, HostLlama};
 use crate::engine::llama::Llama;
 use crate::error::{Error, Result};
 use crate::model::arch;
@@ -51,6 +51,8 @@ pub struct LoadOptions {
     /// CPU: build the burn model with f32 (dequantized) weights instead of the host model with
     /// packed INT4 weights (`--dequantize`, the cross-check of the INT4 kernels).
     pub dequantize: bool,
+    /// CPU host model: activations the INT4 kernels multiply with (`--activations`).
+    pub activations: Activations,
 }
 
 pub struct LoadedModel<B: Backend> {
@@ -98,7 +100,7 @@ pub fn load_model<B: Backend>(path: &Path, opts: &LoadOptions, dev: &B::Device) 
                 r.layer(i)
             };
             let g = r.globals()?;
-            let m = if host { Llama::from_host_model(HostLlama::from_quantized(&c2, &g, layer)?, dev) } else { Llama::from_quantized(&c2, &g, layer, dev)? };
+            let m = if host { Llama::from_host_model(HostLlama::from_quantized(&c2, &g, opts.activations, layer)?, dev) } else { Llama::from_quantized(&c2, &g, layer, dev)? };
             pb.finish_and_clear();
             m
         }
@@ -107,7 +109,7 @@ pub fn load_model<B: Backend>(path: &Path, opts: &LoadOptions, dev: &B::Device) 
             let c2 = apply_overrides(qm.config.clone(), opts);
             let layer = |i: usize| qm.layers.get(i).cloned().ok_or_else(|| Error::input(path.display(), format!("layer {i} is missing")));
             if host {
-                Llama::from_host_model(HostLlama::from_quantized(&c2, &qm.globals, layer)?, dev)
+                Llama::from_host_model(HostLlama::from_quantized(&c2, &qm.globals, opts.activations, layer)?, dev)
             } else {
                 Llama::from_quantized(&c2, &qm.globals, layer, dev)?
             }

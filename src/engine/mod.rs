@@ -16,3 +16,5 @@ pub mod llama;
 pub mod load;
 pub mod ppl;
 pub mod rope;
+pub mod q8_cpu;
+pub mod w4a8_cpu;

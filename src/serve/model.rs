@@ -3,6 +3,7 @@
 
 use crate::data::tokenizer::Tokenizer;
 use crate::engine::device::{self, DeviceKind};
+use crate::engine::host::Activations;
 use crate::engine::kv_cache::QuantPolicy;
 use crate::engine::load::{load_model, LoadOptions};
 use crate::error::{Error, Result};
@@ -37,6 +38,8 @@ pub struct EngineOptions {
     pub session_len: Option<usize>,
     pub prefill_chunk: usize,
     pub chat_template: Option<PathBuf>,
+    /// CPU host model: int8 or f32 activations for the INT4 kernels.
+    pub activations: Activations,
 }
 
 impl EngineOptions {
@@ -68,7 +71,7 @@ pub struct LoadedEngine {
 }
 
 fn load_on<B: Backend>(dev: B::Device, o: &EngineOptions) -> Result<(EngineHandle, Option<u32>)> {
-    let lm = load_model::<B>(&o.model, &LoadOptions::default(), &dev)?;
+    let lm = load_model::<B>(&o.model, &LoadOptions { activations: o.activations, ..Default::default() }, &dev)?;
     let max_pos = lm.model.config.max_position_embeddings;
     let session_len = o.session_len.unwrap_or(max_pos.min(DEFAULT_SESSION_CAP)).max(2);
     if session_len > max_pos {
