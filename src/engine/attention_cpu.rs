@@ -160,7 +160,7 @@ pub fn silu_mul(g: &[f32], u: &[f32]) -> Vec<f32> {
     if g.len() <= 1 << 14 {
         chunk(((&mut out[..], g), u));
     } else {
-        out.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14)).zip(u.par_chunks(1 << 14)).for_each(chunk);
+        crate::engine::team::par_chunks_mut(&mut out, 1 << 14, |i, o| chunk(((o, &g[i << 14..]), &u[i << 14..])));
     }
     out
 }

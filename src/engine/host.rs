@@ -21,6 +21,7 @@ use crate::engine::int4_cpu::{self, F16Matrix, PackedInt4};
 use crate::engine::q8_cpu::{self, Q8Matrix};
 use crate::engine::w4a8_cpu::{self, PackedW4A8};
 use crate::engine::kv_cache::{KvCache, SeqState};
+use std::borrow::Cow;
 use crate::engine::rope::Rope;
 use crate::error::{Error, Result};
 use crate::model::arch::{GlobalWeights, LayerWeights, Linear};
@@ -329,22 +330,41 @@ pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f64) -> Vec<f32> {
     if x.len() < PAR_MIN {
         out.chunks_mut(h).zip(x.chunks(h)).for_each(row);
     } else {
-        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(row);
+        crate::engine::team::par_chunks_mut(&mut out, h, |i, o| row((o, &x[i * h..(i + 1) * h])));
     }
     out
 }
 
 /// Rotate-half RoPE of one head vector at position `p` with a sequence's frequencies.
 pub fn rope_at(x: &mut [f32], p: usize, inv_freq: &[f64], scale: f64) {
+    rope_apply(x, &rope_table(p, &inv_freq[..x.len() / 2], scale));
+}
+
+/// RoPE's `(cos, sin)` (times the attention scale factor) at position `p`, `[D/2]`, from the
+/// angles in f64.
+pub fn rope_table(p: usize, inv_freq: &[f64], scale: f64) -> Vec<(f32, f32)> {
+    inv_freq
+        .iter()
+        .map(|&f| {
+            let a = p as f64 * f;
+            ((a.cos() * scale) as f32, (a.sin() * scale) as f32)
+        })
+        .collect()
+}
+
+/// Rotate-half RoPE of one head vector with a [`rope_table`] row.
+#[inline]
+pub fn rope_apply(x: &mut [f32], cs: &[(f32, f32)]) {
     let half = x.len() / 2;
-    for j in 0..half {
-        let a = p as f64 * inv_freq[j];
-        let (c, s) = ((a.cos() * scale) as f32, (a.sin() * scale) as f32);
+    for (j, &(c, s)) in cs.iter().enumerate().take(half) {
         let (x0, x1) = (x[j], x[j + half]);
         x[j] = x0 * c - x1 * s;
         x[j + half] = x1 * c + x0 * s;
     }
 }
+
+/// Rows per attention task in a step.
+const ATT_ROWS: usize = 32;
 
 /// Below this many values, elementwise work runs on the calling thread.
 const PAR_MIN: usize = 1 << 15;
@@ -354,7 +374,7 @@ fn add_into(x: &mut [f32], y: &[f32]) {
         x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
         return;
     }
-    x.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14)).for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(a, b)| *a += b));
+    crate::engine::team::par_chunks_mut(x, 1 << 14, |i, x| x.iter_mut().zip(&y[i << 14..]).for_each(|(a, b)| *a += b));
 }
 
 impl HostLlama {
@@ -454,12 +474,15 @@ impl HostLlama {
     /// Fails before touching the cache or any sequence when a token is outside the vocabulary or
     /// the cache has too few free blocks for all items.
     pub fn step(&self, cache: &mut KvCache, items: &mut [StepItem]) -> Result<Vec<Vec<f32>>> {
-        // Run the step on a rayon worker: its parallel loops then fork and join inside the pool,
-        // where idle workers are still spinning between them, instead of each one waking the
-        // pool from outside and putting this thread to sleep (a few hundred loops per token).
+        // Run the step on a rayon worker, with the other workers spinning as its team for the
+        // step's few hundred parallel loops (team.rs) instead of being woken for each.
         if rayon::current_thread_index().is_none() {
             return rayon::join(|| self.step(cache, items), || ()).0;
         }
+        crate::engine::team::with_team(|| self.step_in_team(cache, items))
+    }
+
+    fn step_in_team(&self, cache: &mut KvCache, items: &mut [StepItem]) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let (hq, hkv, d, h) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size);
         let g = hq / hkv;
@@ -496,46 +519,56 @@ impl HostLlama {
         let seqs: Vec<&SeqState> = items.iter().map(|it| &*it.seq).collect();
         let scale = 1.0 / (d as f32).sqrt();
         let mut x = self.embed_rows(&ids);
+        // RoPE's (cos, sin) per row, `[M, D/2]`: the same for every layer and head.
+        let rope_cs: Vec<(f32, f32)> = rows.iter().flat_map(|&(i, p)| rope_table(p, &seqs[i].inv_freq, seqs[i].rope_scale)).collect();
         for (li, l) in self.layers.iter().enumerate() {
             let n1 = rms_norm_rows(&x, &l.attn_norm, c.rms_norm_eps);
             let (mut q, mut k, v) = l.qkv(&n1, m);
             // RoPE with each row's own position and its sequence's frequencies (dynamic NTK).
-            let rope_row = |((qr, kr), &(i, p)): ((&mut [f32], &mut [f32]), &(usize, usize))| {
-                let s = seqs[i];
-                qr.chunks_mut(d).for_each(|hv| rope_at(hv, p, &s.inv_freq, s.rope_scale));
-                kr.chunks_mut(d).for_each(|hv| rope_at(hv, p, &s.inv_freq, s.rope_scale));
+            let rope_row = |((qr, kr), cs): ((&mut [f32], &mut [f32]), &[(f32, f32)])| {
+                qr.chunks_mut(d).for_each(|hv| rope_apply(hv, cs));
+                kr.chunks_mut(d).for_each(|hv| rope_apply(hv, cs));
             };
             if m < 8 {
-                q.chunks_mut(hq * d).zip(k.chunks_mut(hkv * d)).zip(rows.iter()).for_each(rope_row);
+                q.chunks_mut(hq * d).zip(k.chunks_mut(hkv * d)).zip(rope_cs.chunks(d / 2)).for_each(rope_row);
             } else {
-                q.par_chunks_mut(hq * d).zip(k.par_chunks_mut(hkv * d)).zip(rows.par_iter()).for_each(rope_row);
+                let cs = |r: usize| &rope_cs[r * d / 2..(r + 1) * d / 2];
+                crate::engine::team::par_chunks_mut(&mut q, hq * d, |r, qr| qr.chunks_mut(d).for_each(|hv| rope_apply(hv, cs(r))));
+                crate::engine::team::par_chunks_mut(&mut k, hkv * d, |r, kr| kr.chunks_mut(d).for_each(|hv| rope_apply(hv, cs(r))));
             }
             for (r, &(i, p)) in rows.iter().enumerate() {
                 cache.write(seqs[i], li, p, &k[r * hkv * d..(r + 1) * hkv * d], &v[r * hkv * d..(r + 1) * hkv * d]);
             }
-            // Attention: one task per (item, KV head) reads that head's K/V once and serves the
-            // G query heads of every row of the item; row at position p sees keys 0..=p.
+            // Attention: one task per (item, KV head, chunk of ATT_ROWS rows) reads that head's
+            // K/V in the cache and serves the G query heads of its rows (so a long prompt's rows
+            // spread over the threads); row at position p sees keys 0..=p.
             let cache_ref = &*cache;
-            let parts: Vec<Vec<f32>> = (0..items.len() * hkv)
-                .into_par_iter()
-                .map(|task| {
-                    let (i, kvh) = (task / hkv, task % hkv);
+            let mut tasks: Vec<(usize, usize, usize, usize)> = Vec::new();
+            for i in 0..items.len() {
+                for kvh in 0..hkv {
+                    for r0 in (first[i]..first[i + 1]).step_by(ATT_ROWS) {
+                        tasks.push((i, kvh, r0, (r0 + ATT_ROWS).min(first[i + 1])));
+                    }
+                }
+            }
+            let slots: Vec<std::sync::OnceLock<Vec<f32>>> = (0..tasks.len()).map(|_| std::sync::OnceLock::new()).collect();
+            crate::engine::team::par_for(tasks.len(), |task| {
+                let _ = slots[task].set({
+                    let (i, kvh, r0, r1) = tasks[task];
                     let s = seqs[i];
-                    let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                    cache_ref.read(s, li, kvh, s.len, &mut kb, &mut vb);
-                    let (r0, r1) = (first[i], first[i + 1]);
+                    let blocks = cache_ref.head_blocks(s, li, kvh, rows[r1 - 1].1 + 1);
                     let mut out = vec![0f32; (r1 - r0) * g * d];
                     // The G query heads of this KV head are consecutive in a row of q.
                     let qs: Vec<(usize, &[f32])> = (r0..r1).map(|r| (rows[r].1 + 1, &q[r * hq * d + kvh * g * d..r * hq * d + (kvh + 1) * g * d])).collect();
-                    attend_head(&kb, &vb, s.len, d, scale, &qs, &mut out);
+                    attend_head(&blocks, d, scale, &qs, &mut out);
                     out
-                })
-                .collect();
+                });
+            });
+            let parts: Vec<Vec<f32>> = slots.into_iter().map(|s| s.into_inner().expect("every attention task ran")).collect();
             let mut ctx = vec![0f32; m * hq * d];
-            for (task, out) in parts.iter().enumerate() {
-                let (i, kvh) = (task / hkv, task % hkv);
-                for r in first[i]..first[i + 1] {
-                    let src = &out[(r - first[i]) * g * d..(r - first[i] + 1) * g * d];
+            for (&(_, kvh, r0, r1), out) in tasks.iter().zip(&parts) {
+                for r in r0..r1 {
+                    let src = &out[(r - r0) * g * d..(r - r0 + 1) * g * d];
                     ctx[r * hq * d + kvh * g * d..r * hq * d + (kvh + 1) * g * d].copy_from_slice(src);
                 }
             }
@@ -552,95 +585,93 @@ impl HostLlama {
 
 /// Softmax attention over one KV head: for each row (its key count `n_r` and its G query
 /// vectors `[G·D]`), `out = softmax(q·Kᵀ·scale)·V` over keys `0..n_r`; `out` is `[rows, G, D]`.
+/// `blocks` are the head's K (transposed, `[D][64]`) and V (`[64][D]`) per cache block
+/// ([`KvCache::head_blocks`]), read in place.
 ///
-/// K (`[n, D]`) is transposed once into 16-key column blocks, so a score block is 16 lanes
-/// of one FMA chain over D (no horizontal sums); each score, the softmax sums (16 partial sums
-/// in key order) and the V accumulation (key order) depend only on the row's own keys: the same
-/// bits whatever else is in the step.
-fn attend_head(
-    k: &[f32],
-    v: &[f32],
-    n: usize,
-    d: usize,
-    scale: f32,
-    rows: &[(usize, &[f32])],
-    out: &mut [f32],
-) {
+/// A score block is 64 keys (one cache block) in vector lanes, each lane one chain over D (no
+/// horizontal sums); each score, the softmax sums (16 partial sums in key order) and the V
+/// accumulation (key order) depend only on the row's own keys: the same bits whatever else is
+/// in the step.
+fn attend_head(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was detected; the body is the same code (no FMA contraction: same bits).
-        return unsafe { attend_head_avx2(k, v, n, d, scale, rows, out) };
+        return unsafe { attend_head_avx2(blocks, d, scale, rows, out) };
     }
-    attend_head_body(k, v, n, d, scale, rows, out)
+    attend_head_body(blocks, d, scale, rows, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn attend_head_avx2(
-    k: &[f32],
-    v: &[f32],
-    n: usize,
-    d: usize,
-    scale: f32,
-    rows: &[(usize, &[f32])],
-    out: &mut [f32],
-) {
-    attend_head_body(k, v, n, d, scale, rows, out)
+unsafe fn attend_head_avx2(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
+    attend_head_body(blocks, d, scale, rows, out)
 }
 
 #[inline(always)]
-fn attend_head_body(
-    k: &[f32],
-    v: &[f32],
-    n: usize,
-    d: usize,
-    scale: f32,
-    rows: &[(usize, &[f32])],
-    out: &mut [f32],
-) {
+fn attend_head_body(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
     const L: usize = 16;
-    let np = n.div_ceil(L) * L;
-    // kt[jb][c][l] = K[jb·16 + l][c] (zero past n).
-    let mut kt = vec![0f32; np * d];
-    for j in 0..n {
-        for c in 0..d {
-            kt[(j / L) * L * d + c * L + j % L] = k[j * d + c];
-        }
-    }
+    const B: usize = crate::engine::kv_cache::BLOCK_LEN;
+    let np = blocks.len() * B;
     let mut sc = vec![0f32; np];
     let mut o = out.chunks_mut(d);
     for &(nr, heads) in rows {
         for qh in heads.chunks(d) {
             let oh = o.next().expect("attend_head: out too short");
-            for jb in 0..nr.div_ceil(L) {
-                let blk = &kt[jb * L * d..(jb + 1) * L * d];
-                let mut acc = [0f32; L];
+            // One cache block (64 keys = 4 x 16 lanes) at a time; scores past `nr` are unused.
+            for (bi, (kt, _)) in blocks.iter().enumerate().take(nr.div_ceil(B)) {
+                let mut acc = [0f32; B];
                 for c in 0..d {
                     let qc = qh[c];
-                    for l in 0..L {
-                        acc[l] += qc * blk[c * L + l];
+                    let kr: &[f32; B] = kt[c * B..(c + 1) * B].try_into().expect("a K block is [D][64]");
+                    for l in 0..B {
+                        acc[l] += qc * kr[l];
                     }
                 }
-                for l in 0..L {
-                    sc[jb * L + l] = acc[l] * scale;
+                let so: &mut [f32; B] = (&mut sc[bi * B..(bi + 1) * B]).try_into().expect("score block");
+                for l in 0..B {
+                    so[l] = acc[l] * scale;
                 }
             }
             let s = &mut sc[..nr];
             let mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            // exp, and the sum in 16 lanes (lane l: keys l, l + 16, ... in order).
             let mut zl = [0f32; L];
-            for ch in s.chunks_mut(L) {
-                for (l, x) in ch.iter_mut().enumerate() {
-                    *x = exp_neg(*x - mx);
-                    zl[l] += *x;
+            let mut ex = s.chunks_exact_mut(L);
+            for ch in &mut ex {
+                let ch: &mut [f32; L] = ch.try_into().expect("chunks_exact");
+                for l in 0..L {
+                    ch[l] = exp_neg(ch[l] - mx);
+                    zl[l] += ch[l];
                 }
             }
+            for (l, x) in ex.into_remainder().iter_mut().enumerate() {
+                *x = exp_neg(*x - mx);
+                zl[l] += *x;
+            }
             let z: f32 = zl.iter().sum();
-            oh.fill(0.0);
-            for (j, &p) in s.iter().enumerate() {
-                let w = p / z;
-                for (ov, &vv) in oh.iter_mut().zip(&v[j * d..(j + 1) * d]) {
-                    *ov += w * vv;
+            for x in s.iter_mut() {
+                *x /= z;
+            }
+            // out = Σ_j w_j · v_j in key order, 64 output values at a time in registers.
+            for c0 in (0..d).step_by(B) {
+                let w = B.min(d - c0);
+                let mut acc = [0f32; B];
+                if w == B {
+                    for (j, &p) in s.iter().enumerate() {
+                        let vr: &[f32; B] = blocks[j / B].1[(j % B) * d + c0..(j % B) * d + c0 + B].try_into().expect("V row part");
+                        for c in 0..B {
+                            acc[c] += p * vr[c];
+                        }
+                    }
+                } else {
+                    for (j, &p) in s.iter().enumerate() {
+                        let vr = &blocks[j / B].1[(j % B) * d + c0..(j % B) * d + c0 + w];
+                        for c in 0..w {
+                            acc[c] += p * vr[c];
+                        }
+                    }
                 }
+                oh[c0..c0 + w].copy_from_slice(&acc[..w]);
             }
         }
     }

@@ -342,7 +342,7 @@ pub(crate) fn drive(m: usize, tiles: usize, tile_bytes: usize, f: impl Fn(usize,
     if total == 1 || threads == 1 {
         (0..total).for_each(run);
     } else {
-        (0..total).into_par_iter().for_each(run);
+        crate::engine::team::par_for(total, run);
     }
 }
 

@@ -16,6 +16,7 @@
 
 use crate::error::{Error, Result};
 use half::f16;
+use std::borrow::Cow;
 
 pub const BLOCK_LEN: usize = 64;
 
@@ -120,7 +121,9 @@ pub fn host_free_bytes() -> usize {
         .unwrap_or(1 << 30)
 }
 
-/// One block: per layer, K and V values `[kv_head][token][head_dim]` and params `[kv_head][token]`.
+/// One block: per layer, K and V values `[kv_head][token][head_dim]` and params `[kv_head][token]`;
+/// f32 K (policy 0) is stored transposed, `[kv_head][head_dim][token]`, the layout the CPU
+/// attention reads 16 keys per vector from (see [`KvCache::head_blocks`]).
 struct Block {
     /// f32 values (policy 0).
     kf: Vec<f32>,
@@ -269,7 +272,10 @@ impl KvCache {
             let (kr, vr) = (&k[h * d..(h + 1) * d], &v[h * d..(h + 1) * d]);
             match l.policy {
                 QuantPolicy::None => {
-                    b.kf[off..off + d].copy_from_slice(kr);
+                    let kt = layer * pv + h * BLOCK_LEN * d + t;
+                    for (c, &x) in kr.iter().enumerate() {
+                        b.kf[kt + c * BLOCK_LEN] = x;
+                    }
                     b.vf[off..off + d].copy_from_slice(vr);
                 }
                 QuantPolicy::Int8 => {
@@ -292,6 +298,45 @@ impl KvCache {
         }
     }
 
+    /// K and V of (layer, kv head) for positions `0..n`, one entry per block of [`BLOCK_LEN`]
+    /// positions: K transposed `[head_dim][BLOCK_LEN]`, V `[BLOCK_LEN][head_dim]`. The f32 cache
+    /// lends its own memory; quantized caches are dequantized into new buffers. Positions past
+    /// `n` in the last block hold stale values. Host caches only.
+    pub fn head_blocks(&self, seq: &SeqState, layer: usize, head: usize, n: usize) -> Vec<(Cow<'_, [f32]>, Cow<'_, [f32]>)> {
+        let l = self.layout;
+        let d = l.head_dim;
+        let pv = self.per_layer_values();
+        let span = BLOCK_LEN * d;
+        (0..n.div_ceil(BLOCK_LEN))
+            .map(|bi| {
+                let b = &self.blocks[seq.blocks[bi]];
+                let base = layer * pv + head * span;
+                if l.policy == QuantPolicy::None {
+                    return (Cow::Borrowed(&b.kf[base..base + span]), Cow::Borrowed(&b.vf[base..base + span]));
+                }
+                let (mut kt, mut v) = (vec![0f32; span], vec![0f32; span]);
+                let (mut kr, mut codes) = (vec![0f32; d], vec![0u8; d]);
+                for t in 0..BLOCK_LEN.min(n - bi * BLOCK_LEN) {
+                    let (off, pidx) = (base + t * d, (layer * l.kv_heads + head) * BLOCK_LEN + t);
+                    let vo = &mut v[t * d..(t + 1) * d];
+                    if l.policy == QuantPolicy::Int8 {
+                        dequantize_row(&b.kq[off..off + d], b.kp[pidx].0, b.kp[pidx].1, &mut kr);
+                        dequantize_row(&b.vq[off..off + d], b.vp[pidx].0, b.vp[pidx].1, vo);
+                    } else {
+                        unpack4(&b.kq[off / 2..(off + d) / 2], &mut codes);
+                        dequantize_row(&codes, b.kp[pidx].0, b.kp[pidx].1, &mut kr);
+                        unpack4(&b.vq[off / 2..(off + d) / 2], &mut codes);
+                        dequantize_row(&codes, b.vp[pidx].0, b.vp[pidx].1, vo);
+                    }
+                    for (c, &x) in kr.iter().enumerate() {
+                        kt[c * BLOCK_LEN + t] = x;
+                    }
+                }
+                (Cow::Owned(kt), Cow::Owned(v))
+            })
+            .collect()
+    }
+
     /// Read back K and V of (layer, kv head) for positions `0..n` into `[n, head_dim]` buffers.
     /// Host caches only.
     pub fn read(&self, seq: &SeqState, layer: usize, head: usize, n: usize, k_out: &mut Vec<f32>, v_out: &mut Vec<f32>) {
@@ -309,7 +354,10 @@ impl KvCache {
             let (ko, vo) = (&mut k_out[pos * d..(pos + 1) * d], &mut v_out[pos * d..(pos + 1) * d]);
             match l.policy {
                 QuantPolicy::None => {
-                    ko.copy_from_slice(&b.kf[off..off + d]);
+                    let kt = layer * pv + head * BLOCK_LEN * d + t;
+                    for (c, o) in ko.iter_mut().enumerate() {
+                        *o = b.kf[kt + c * BLOCK_LEN];
+                    }
                     vo.copy_from_slice(&b.vf[off..off + d]);
                 }
                 QuantPolicy::Int8 => {

@@ -16,5 +16,6 @@ pub mod llama;
 pub mod load;
 pub mod ppl;
 pub mod rope;
+pub mod team;
 pub mod q8_cpu;
 pub mod w4a8_cpu;

@@ -286,6 +286,21 @@ unsafe fn quantize_row_avx2(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [
     quantize_row_body(x, x8, dx, cz, bsum, group)
 }
 
+struct RowPtr<T>(*mut T);
+impl<T> Clone for RowPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for RowPtr<T> {}
+unsafe impl<T: Send> Send for RowPtr<T> {}
+unsafe impl<T: Send> Sync for RowPtr<T> {}
+impl<T> RowPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// Quantize `x [M, K]` for weights of group size `group` (a multiple of 32 dividing K).
 pub fn quantize_rows(x: &[f32], m: usize, k: usize, group: usize) -> Q8Rows {
     assert!(supports_group(group) && k % group == 0 && x.len() == m * k, "quantize_rows: [{m}, {k}] with group {group}, {} values", x.len());
@@ -303,12 +318,20 @@ pub fn quantize_rows(x: &[f32], m: usize, k: usize, group: usize) -> Q8Rows {
     };
     if k > 0 {
         if m >= 8 {
-            x.par_chunks(k)
-                .zip(x8.par_chunks_mut(k))
-                .zip(dx.par_chunks_mut(k / QB))
-                .zip(cz.par_chunks_mut(k / group))
-                .zip(bsum.par_chunks_mut(k / QB))
-                .for_each(row);
+            // Rows in parallel: each task writes its row's parts of the four outputs.
+            let (nq, ng) = (k / QB, k / group);
+            let (dxp, czp, bsp) = (RowPtr(dx.as_mut_ptr()), RowPtr(cz.as_mut_ptr()), RowPtr(bsum.as_mut_ptr()));
+            crate::engine::team::par_chunks_mut(&mut x8, k, |r, x8r| {
+                // SAFETY: row r of dx / cz / bsum belongs to task r only.
+                let (dxr, czr, bs) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(dxp.get().add(r * nq), nq),
+                        std::slice::from_raw_parts_mut(czp.get().add(r * ng), ng),
+                        std::slice::from_raw_parts_mut(bsp.get().add(r * nq), nq),
+                    )
+                };
+                row(((((&x[r * k..(r + 1) * k], x8r), dxr), czr), bs))
+            });
         } else {
             x.chunks(k).zip(x8.chunks_mut(k)).zip(dx.chunks_mut(k / QB)).zip(cz.chunks_mut(k / group)).zip(bsum.chunks_mut(k / QB)).for_each(row);
         }
