@@ -97,7 +97,7 @@ impl HostLinear {
             HostWeight::W4A8(p) => w4a8_cpu::w4a8_matmul(&w4a8_cpu::quantize_rows(x, m, self.k, p.group), p, &mut y),
         }
         if let Some(b) = &self.b {
-            y.par_chunks_mut(self.n).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+            crate::engine::team::par_chunks_mut(&mut y, self.n * 64, |_, rows| rows.chunks_mut(self.n).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b)));
         }
         y
     }
@@ -113,7 +113,7 @@ fn matmul_f32_nt(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usi
         // Tasks own blocks of 64 weight rows; the block's outputs are `[rows, M]`, scattered after.
         const ROWS: usize = 64;
         let mut yt = vec![0f32; n * m];
-        yt.par_chunks_mut(ROWS * m).enumerate().for_each(|(b, out)| {
+        crate::engine::team::par_chunks_mut(&mut yt, ROWS * m, |b, out| {
             for (r, o) in out.chunks_mut(m).enumerate() {
                 let wr = &w[(b * ROWS + r) * k..(b * ROWS + r + 1) * k];
                 for (i, oi) in o.iter_mut().enumerate() {
@@ -128,15 +128,23 @@ fn matmul_f32_nt(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usi
         }
         return;
     }
-    let par = if m * n * k >= 1 << 16 { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
-    // SAFETY: the extents and strides below describe exactly the asserted slice lengths, and y
-    // aliases neither x nor w.
-    unsafe {
-        gemm::gemm(
-            m, n, k, y.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1,
-            0.0f32, 1.0f32, false, false, false, par,
-        );
-    }
+    // Column blocks of y (rows of w) as parallel tasks (through the step's team when there is
+    // one), each a single-threaded gemm.
+    let threads = rayon::current_num_threads().max(1);
+    let nb = if m * n * k >= 1 << 16 { n.div_ceil(4 * threads).next_multiple_of(16) } else { n };
+    let yp = int4_cpu::SyncPtr(y.as_mut_ptr());
+    crate::engine::team::par_for(n.div_ceil(nb), |bi| {
+        let (n0, n1) = (bi * nb, ((bi + 1) * nb).min(n));
+        // SAFETY: the extents and strides describe sub-blocks of the asserted slices (y: rows
+        // of m, columns n0..n1, row stride n; w: rows n0..n1); tasks write disjoint columns, and
+        // y aliases neither x nor w.
+        unsafe {
+            gemm::gemm(
+                m, n1 - n0, k, yp.get().add(n0), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr().add(n0 * k), k as isize, 1,
+                0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+            );
+        }
+    });
 }
 
 /// `a · b` with 16 partial sums (vectorises; fixed order).
