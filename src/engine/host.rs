@@ -35,11 +35,12 @@ use rayon::prelude::*;
 #[serde(rename_all = "lowercase")]
 pub enum Activations {
     /// f32 activations (W4A16, `int4_cpu.rs`): the arithmetic GPUs and vLLM use; perplexity
-    /// equals the dequantized model's to f32 rounding.
+    /// equals the dequantized model's to f32 rounding. The library default; the CLI's
+    /// `generate`, `chat`, `serve` and `bench-engine` default to `Int8`.
+    #[default]
     F32,
     /// Activations rounded to int8 per 32 values, integer dot products (`w4a8_cpu.rs`, as
     /// llama.cpp's Q4_0 x Q8_0): several times the f32 rate on the CPU.
-    #[default]
     Int8,
 }
 

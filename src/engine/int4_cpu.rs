@@ -1,6 +1,7 @@
 //! CPU matmul kernels that read packed INT4 weights (W4A16: f32 activations, 4-bit weights with
 //! group-wise f16 scale and integer zero point) and f16 weights directly, without a dequantized f32
-//! copy resident in memory.
+//! copy resident in memory. The exact path (`--activations f32`, `awqc eval`'s default); the
+//! int8-activation kernels that generation and serving use by default are in `w4a8_cpu.rs`.
 //!
 //! # Why this shape of kernel
 //!

@@ -1,7 +1,7 @@
 //! Load any model awqc can read into the engine: a full-precision Hugging Face directory, an
 //! AutoAWQ-GEMM checkpoint, or a TurboMind workspace. Quantized weights stay packed INT4 on the
-//! GPU backends (W4A16 kernels) and on the CPU (the host model's INT4 kernels; `--dequantize`
-//! gives the old f32 burn model). AutoAWQ checkpoints
+//! GPU backends (W4A16 kernels) and on the CPU (the host model's INT4 kernels, with f32 or int8
+//! activations: `--activations`; `--dequantize` gives the old f32 burn model). AutoAWQ checkpoints
 //! are read one layer at a time.
 
 use crate::engine::host::{Activations, HostLlama};

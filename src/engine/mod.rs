@@ -1,7 +1,9 @@
 //! The inference engine: the decoder as burn tensors (generic over CPU, CUDA and wgpu backends;
 //! the GPU backends run the CubeCL kernels, `gpu.rs`), RoPE and its scaling variants, the block
 //! KV cache, decoding and generation, perplexity, device selection. On the CPU, inference runs
-//! on the host model (`host.rs`: packed INT4 weights, `int4_cpu.rs` kernels, the batched step).
+//! on the host model (`host.rs`: packed INT4 weights, the batched step) with the INT4 kernels for
+//! f32 activations (`int4_cpu.rs`, W4A16) or int8 activations (`w4a8_cpu.rs`, and `q8_cpu.rs`
+//! for the embedding / LM head), each step's parallel loops run by a spinning team (`team.rs`).
 pub mod attention_cpu;
 pub mod decode;
 pub mod device;
