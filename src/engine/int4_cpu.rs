@@ -121,6 +121,37 @@ fn check_isa(isa: Isa) {
     assert!(has(isa), "int4_cpu: the {isa:?} kernels cannot run on this CPU (available: {:?})", available());
 }
 
+/// The checks every packing of a quantized layer makes: 4 bits, consistent sizes, 4-bit codes and
+/// zeros (`kernels` names the kernels in the message; the group size is the packer's own check).
+pub(crate) fn check_layer(l: &QuantizedLinear, what: &str, kernels: &str) -> Result<()> {
+    let (n, k) = (l.n, l.k);
+    if l.params.bits != 4 {
+        return Err(Error::usage(format!("{what}: the {kernels} kernels need 4-bit weights, this layer has {} bits", l.params.bits)));
+    }
+    let groups = if l.params.group > 0 { k / l.params.group } else { 0 };
+    if l.q.len() != n * k || l.zeros.len() != n * groups || l.scales.len() != n * groups {
+        return Err(Error::input(
+            what,
+            format!(
+                "inconsistent sizes: {} codes, {} zeros, {} scales (expected {}, {}, {})",
+                l.q.len(),
+                l.zeros.len(),
+                l.scales.len(),
+                n * k,
+                n * groups,
+                n * groups
+            ),
+        ));
+    }
+    if let Some(i) = l.q.iter().position(|&c| c > 15) {
+        return Err(Error::input(what, format!("code {} at flat index {i} is not a 4-bit value", l.q[i])));
+    }
+    if let Some(i) = l.zeros.iter().position(|&z| z > 15) {
+        return Err(Error::input(what, format!("zero point {} at flat index {i} is not a 4-bit value", l.zeros[i])));
+    }
+    Ok(())
+}
+
 /// INT4 weights packed for the kernels (see the module comment for the layout).
 #[derive(Clone)]
 pub struct PackedInt4 {
@@ -146,38 +177,13 @@ impl PackedInt4 {
     pub fn from_quantized(l: &QuantizedLinear) -> Result<Self> {
         let (n, k, g) = (l.n, l.k, l.params.group);
         let what = format!("int4 weight [{n}, {k}]");
-        if l.params.bits != 4 {
-            return Err(Error::usage(format!(
-                "{what}: the CPU INT4 kernels need 4-bit weights, this layer has {} bits",
-                l.params.bits
-            )));
-        }
+        check_layer(l, &what, "CPU INT4")?;
         if g == 0 || g % 8 != 0 || k % g != 0 {
             return Err(Error::usage(format!(
                 "{what}: group size {g} must be a positive multiple of 8 that divides in_features {k}"
             )));
         }
         let groups = k / g;
-        if l.q.len() != n * k || l.zeros.len() != n * groups || l.scales.len() != n * groups {
-            return Err(Error::input(
-                what,
-                format!(
-                    "inconsistent sizes: {} codes, {} zeros, {} scales (expected {}, {}, {})",
-                    l.q.len(),
-                    l.zeros.len(),
-                    l.scales.len(),
-                    n * k,
-                    n * groups,
-                    n * groups
-                ),
-            ));
-        }
-        if let Some(i) = l.q.iter().position(|&c| c > 15) {
-            return Err(Error::input(what, format!("code {} at flat index {i} is not a 4-bit value", l.q[i])));
-        }
-        if let Some(i) = l.zeros.iter().position(|&z| z > 15) {
-            return Err(Error::input(what, format!("zero point {} at flat index {i} is not a 4-bit value", l.zeros[i])));
-        }
         let tiles = n.div_ceil(SR) * ST;
         let gb = ST * (g * 8 + 48);
         let mut data = vec![0u8; tiles / ST * groups * gb];
@@ -511,7 +517,7 @@ mod portable {
 // AVX2 copy: a 16-row tile is two 8-lane halves. 16 ymm registers: MR x T x 2 accumulators <= 8.
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
@@ -573,8 +579,9 @@ mod avx2 {
         store::<MR, T>(&tot, w.n, t, m, y);
     }
 
+    /// Store the `MR x T` tiles of outputs (also used by the int8-activation kernels).
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn store<const MR: usize, const T: usize>(tot: &[[[__m256; 2]; T]; MR], n: usize, t: usize, m: usize, y: *mut f32) {
+    pub(crate) unsafe fn store<const MR: usize, const T: usize>(tot: &[[[__m256; 2]; T]; MR], n: usize, t: usize, m: usize, y: *mut f32) {
         for j in 0..T {
             let n0 = (t + j) * NR;
             let valid = NR.min(n.saturating_sub(n0));
@@ -665,7 +672,7 @@ mod avx2 {
 // AVX-512 copy: one tile = one zmm. 32 zmm registers: up to 16 rows x 1 tile of accumulators.
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
@@ -720,8 +727,9 @@ mod avx512 {
         store::<MR, T>(&tot, w.n, t, m, y);
     }
 
+    /// Store the `MR x T` tiles of outputs (also used by the int8-activation kernels).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn store<const MR: usize, const T: usize>(tot: &[[__m512; T]; MR], n: usize, t: usize, m: usize, y: *mut f32) {
+    pub(crate) unsafe fn store<const MR: usize, const T: usize>(tot: &[[__m512; T]; MR], n: usize, t: usize, m: usize, y: *mut f32) {
         for j in 0..T {
             let n0 = (t + j) * NR;
             let valid = NR.min(n.saturating_sub(n0));

@@ -19,7 +19,7 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use crate::engine::int4_cpu::{drive, row_chunks, store_row, SyncPtr, NR, PREFETCH, SR, ST};
+use crate::engine::int4_cpu::{drive, store_row, SyncPtr, NR, PREFETCH, SR, ST};
 use crate::engine::w4a8_cpu::{available, Isa, Q8Rows, QB};
 use half::f16;
 use rayon::prelude::*;
@@ -201,36 +201,12 @@ mod avx2 {
                 }
             }
         }
-        for j in 0..T {
-            let n0 = (t + j) * NR;
-            let valid = NR.min(w.n.saturating_sub(n0));
-            if valid == 0 {
-                continue;
-            }
-            for r in 0..MR {
-                let mut tmp = [0f32; NR];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), acc[r][j][0]);
-                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), acc[r][j][1]);
-                store_row(y, w.n, m + r, n0, valid, &tmp);
-            }
-        }
+        crate::engine::int4_cpu::avx2::store::<MR, T>(&acc, w.n, t, m, y);
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn block(w: &Q8Matrix, a: &Q8Rows, m0: usize, m1: usize, t0: usize, t1: usize, y: *mut f32) {
-        let mut t = t0;
-        while t < t1 {
-            let four = t + 4 <= t1;
-            for (m, mr) in row_chunks(m0, m1, 2) {
-                match (four, mr) {
-                    (true, 2) => (0..4).for_each(|j| kernel::<2, 1>(w, t + j, a, m, y)),
-                    (true, _) => (0..2).for_each(|j| kernel::<1, 2>(w, t + 2 * j, a, m, y)),
-                    (false, 2) => kernel::<2, 1>(w, t, a, m, y),
-                    (false, _) => kernel::<1, 1>(w, t, a, m, y),
-                }
-            }
-            t += if four { 4 } else { 1 };
-        }
+        crate::engine::w4a8_cpu::avx2_tiles!(kernel, w, a, m0, m1, t0, t1, y)
     }
 }
 
@@ -268,38 +244,12 @@ mod avx512 {
                 }
             }
         }
-        for j in 0..T {
-            let n0 = (t + j) * NR;
-            let valid = NR.min(w.n.saturating_sub(n0));
-            if valid == 0 {
-                continue;
-            }
-            let km: __mmask16 = if valid == NR { 0xFFFF } else { (1u16 << valid) - 1 };
-            for r in 0..MR {
-                _mm512_mask_storeu_ps(y.add((m + r) * w.n + n0), km, acc[r][j]);
-            }
-        }
+        crate::engine::int4_cpu::avx512::store::<MR, T>(&acc, w.n, t, m, y);
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn block(w: &Q8Matrix, a: &Q8Rows, m0: usize, m1: usize, t0: usize, t1: usize, y: *mut f32) {
-        let mut t = t0;
-        while t < t1 {
-            let four = t + 4 <= t1;
-            for (m, mr) in row_chunks(m0, m1, 8) {
-                match (four, mr) {
-                    (true, 8) => (0..4).for_each(|j| kernel::<8, 1>(w, t + j, a, m, y)),
-                    (true, 4) => (0..2).for_each(|j| kernel::<4, 2>(w, t + 2 * j, a, m, y)),
-                    (true, 2) => kernel::<2, 4>(w, t, a, m, y),
-                    (true, _) => kernel::<1, 4>(w, t, a, m, y),
-                    (false, 8) => kernel::<8, 1>(w, t, a, m, y),
-                    (false, 4) => kernel::<4, 1>(w, t, a, m, y),
-                    (false, 2) => kernel::<2, 1>(w, t, a, m, y),
-                    (false, _) => kernel::<1, 1>(w, t, a, m, y),
-                }
-            }
-            t += if four { 4 } else { 1 };
-        }
+        crate::engine::w4a8_cpu::avx512_tiles!(kernel, w, a, m0, m1, t0, t1, y)
     }
 }
 

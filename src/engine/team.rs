@@ -134,7 +134,8 @@ pub fn par_for(total: usize, f: impl Fn(usize) + Sync) {
     LEADING.with(|c| c.set(team));
 }
 
-struct SendPtr<T>(*mut T);
+/// A raw pointer tasks may share (each task touches its own disjoint part).
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 impl<T> Clone for SendPtr<T> {
     fn clone(&self) -> Self {
         *self
@@ -144,7 +145,7 @@ impl<T> Copy for SendPtr<T> {}
 unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 impl<T> SendPtr<T> {
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }

@@ -47,12 +47,58 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use crate::engine::int4_cpu::{drive, row_chunks, store_row, SyncPtr, NR, PREFETCH, SR, ST};
+use crate::engine::int4_cpu::{check_layer, drive, store_row, SyncPtr, NR, PREFETCH, SR, ST};
+use crate::engine::team::SendPtr;
 use crate::error::{Error, Result};
 use crate::quant::int4::QuantizedLinear;
 use half::f16;
 use rayon::prelude::*;
 use std::sync::OnceLock;
+
+/// The tile loop of an AVX2 copy (`kernel::<MR, T>(w, t, a, m, y)`): 4 tiles at a time while they
+/// last, rows in chunks of at most 2 (16 ymm registers).
+macro_rules! avx2_tiles {
+    ($kernel:ident, $w:expr, $a:expr, $m0:expr, $m1:expr, $t0:expr, $t1:expr, $y:expr) => {{
+        let mut t = $t0;
+        while t < $t1 {
+            let four = t + 4 <= $t1;
+            for (m, mr) in crate::engine::int4_cpu::row_chunks($m0, $m1, 2) {
+                match (four, mr) {
+                    (true, 2) => (0..4).for_each(|j| $kernel::<2, 1>($w, t + j, $a, m, $y)),
+                    (true, _) => (0..2).for_each(|j| $kernel::<1, 2>($w, t + 2 * j, $a, m, $y)),
+                    (false, 2) => $kernel::<2, 1>($w, t, $a, m, $y),
+                    (false, _) => $kernel::<1, 1>($w, t, $a, m, $y),
+                }
+            }
+            t += if four { 4 } else { 1 };
+        }
+    }};
+}
+pub(crate) use avx2_tiles;
+
+/// The tile loop of an AVX-512 copy: 4 tiles at a time, rows in chunks of at most 8, MR x T <= 8.
+macro_rules! avx512_tiles {
+    ($kernel:ident, $w:expr, $a:expr, $m0:expr, $m1:expr, $t0:expr, $t1:expr, $y:expr) => {{
+        let mut t = $t0;
+        while t < $t1 {
+            let four = t + 4 <= $t1;
+            for (m, mr) in crate::engine::int4_cpu::row_chunks($m0, $m1, 8) {
+                match (four, mr) {
+                    (true, 8) => (0..4).for_each(|j| $kernel::<8, 1>($w, t + j, $a, m, $y)),
+                    (true, 4) => (0..2).for_each(|j| $kernel::<4, 2>($w, t + 2 * j, $a, m, $y)),
+                    (true, 2) => $kernel::<2, 4>($w, t, $a, m, $y),
+                    (true, _) => $kernel::<1, 4>($w, t, $a, m, $y),
+                    (false, 8) => $kernel::<8, 1>($w, t, $a, m, $y),
+                    (false, 4) => $kernel::<4, 1>($w, t, $a, m, $y),
+                    (false, 2) => $kernel::<2, 1>($w, t, $a, m, $y),
+                    (false, _) => $kernel::<1, 1>($w, t, $a, m, $y),
+                }
+            }
+            t += if four { 4 } else { 1 };
+        }
+    }};
+}
+pub(crate) use avx512_tiles;
 
 /// Activation block: k values sharing one int8 scale.
 pub const QB: usize = 32;
@@ -132,35 +178,13 @@ impl PackedW4A8 {
     pub fn from_quantized(l: &QuantizedLinear) -> Result<Self> {
         let (n, k, g) = (l.n, l.k, l.params.group);
         let what = format!("int4 weight [{n}, {k}]");
-        if l.params.bits != 4 {
-            return Err(Error::usage(format!("{what}: the W4A8 kernels need 4-bit weights, this layer has {} bits", l.params.bits)));
-        }
+        check_layer(l, &what, "W4A8")?;
         if !supports_group(g) || k % g != 0 {
             return Err(Error::usage(format!(
                 "{what}: group size {g} must be a positive multiple of {QB} that divides in_features {k} for the W4A8 kernels"
             )));
         }
         let groups = k / g;
-        if l.q.len() != n * k || l.zeros.len() != n * groups || l.scales.len() != n * groups {
-            return Err(Error::input(
-                what,
-                format!(
-                    "inconsistent sizes: {} codes, {} zeros, {} scales (expected {}, {}, {})",
-                    l.q.len(),
-                    l.zeros.len(),
-                    l.scales.len(),
-                    n * k,
-                    n * groups,
-                    n * groups
-                ),
-            ));
-        }
-        if let Some(i) = l.q.iter().position(|&c| c > 15) {
-            return Err(Error::input(what, format!("code {} at flat index {i} is not a 4-bit value", l.q[i])));
-        }
-        if let Some(i) = l.zeros.iter().position(|&z| z > 15) {
-            return Err(Error::input(what, format!("zero point {} at flat index {i} is not a 4-bit value", l.zeros[i])));
-        }
         let tiles = n.div_ceil(SR) * ST;
         let gb = 32 * g + 192;
         let mut data = vec![0u8; tiles / ST * groups * gb];
@@ -286,21 +310,6 @@ unsafe fn quantize_row_avx2(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [
     quantize_row_body(x, x8, dx, cz, bsum, group)
 }
 
-struct RowPtr<T>(*mut T);
-impl<T> Clone for RowPtr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for RowPtr<T> {}
-unsafe impl<T: Send> Send for RowPtr<T> {}
-unsafe impl<T: Send> Sync for RowPtr<T> {}
-impl<T> RowPtr<T> {
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-
 /// Quantize `x [M, K]` for weights of group size `group` (a multiple of 32 dividing K).
 pub fn quantize_rows(x: &[f32], m: usize, k: usize, group: usize) -> Q8Rows {
     assert!(supports_group(group) && k % group == 0 && x.len() == m * k, "quantize_rows: [{m}, {k}] with group {group}, {} values", x.len());
@@ -320,7 +329,7 @@ pub fn quantize_rows(x: &[f32], m: usize, k: usize, group: usize) -> Q8Rows {
         if m >= 8 {
             // Rows in parallel: each task writes its row's parts of the four outputs.
             let (nq, ng) = (k / QB, k / group);
-            let (dxp, czp, bsp) = (RowPtr(dx.as_mut_ptr()), RowPtr(cz.as_mut_ptr()), RowPtr(bsum.as_mut_ptr()));
+            let (dxp, czp, bsp) = (SendPtr(dx.as_mut_ptr()), SendPtr(cz.as_mut_ptr()), SendPtr(bsum.as_mut_ptr()));
             crate::engine::team::par_chunks_mut(&mut x8, k, |r, x8r| {
                 // SAFETY: row r of dx / cz / bsum belongs to task r only.
                 let (dxr, czr, bs) = unsafe {
@@ -483,36 +492,12 @@ mod avx2 {
                 }
             }
         }
-        for j in 0..T {
-            let n0 = (t + j) * NR;
-            let valid = NR.min(w.n.saturating_sub(n0));
-            if valid == 0 {
-                continue;
-            }
-            for r in 0..MR {
-                let mut tmp = [0f32; NR];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), tot[r][j][0]);
-                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), tot[r][j][1]);
-                store_row(y, w.n, m + r, n0, valid, &tmp);
-            }
-        }
+        crate::engine::int4_cpu::avx2::store::<MR, T>(&tot, w.n, t, m, y);
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn block(w: &PackedW4A8, a: &Q8Rows, m0: usize, m1: usize, t0: usize, t1: usize, y: *mut f32) {
-        let mut t = t0;
-        while t < t1 {
-            let four = t + 4 <= t1;
-            for (m, mr) in row_chunks(m0, m1, 2) {
-                match (four, mr) {
-                    (true, 2) => (0..4).for_each(|j| kernel::<2, 1>(w, t + j, a, m, y)),
-                    (true, _) => (0..2).for_each(|j| kernel::<1, 2>(w, t + 2 * j, a, m, y)),
-                    (false, 2) => kernel::<2, 1>(w, t, a, m, y),
-                    (false, _) => kernel::<1, 1>(w, t, a, m, y),
-                }
-            }
-            t += if four { 4 } else { 1 };
-        }
+        avx2_tiles!(kernel, w, a, m0, m1, t0, t1, y)
     }
 }
 
@@ -568,38 +553,12 @@ mod avx512 {
                 }
             }
         }
-        for j in 0..T {
-            let n0 = (t + j) * NR;
-            let valid = NR.min(w.n.saturating_sub(n0));
-            if valid == 0 {
-                continue;
-            }
-            let km: __mmask16 = if valid == NR { 0xFFFF } else { (1u16 << valid) - 1 };
-            for r in 0..MR {
-                _mm512_mask_storeu_ps(y.add((m + r) * w.n + n0), km, tot[r][j]);
-            }
-        }
+        crate::engine::int4_cpu::avx512::store::<MR, T>(&tot, w.n, t, m, y);
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn block(w: &PackedW4A8, a: &Q8Rows, m0: usize, m1: usize, t0: usize, t1: usize, y: *mut f32) {
-        let mut t = t0;
-        while t < t1 {
-            let four = t + 4 <= t1;
-            for (m, mr) in row_chunks(m0, m1, 8) {
-                match (four, mr) {
-                    (true, 8) => (0..4).for_each(|j| kernel::<8, 1>(w, t + j, a, m, y)),
-                    (true, 4) => (0..2).for_each(|j| kernel::<4, 2>(w, t + 2 * j, a, m, y)),
-                    (true, 2) => kernel::<2, 4>(w, t, a, m, y),
-                    (true, _) => kernel::<1, 4>(w, t, a, m, y),
-                    (false, 8) => kernel::<8, 1>(w, t, a, m, y),
-                    (false, 4) => kernel::<4, 1>(w, t, a, m, y),
-                    (false, 2) => kernel::<2, 1>(w, t, a, m, y),
-                    (false, _) => kernel::<1, 1>(w, t, a, m, y),
-                }
-            }
-            t += if four { 4 } else { 1 };
-        }
+        avx512_tiles!(kernel, w, a, m0, m1, t0, t1, y)
     }
 }
 
