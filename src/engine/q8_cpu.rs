@@ -20,7 +20,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::engine::int4_cpu::{drive, store_row, SyncPtr, NR, PREFETCH, SR, ST};
-use crate::engine::w4a8_cpu::{available, Isa, Q8Rows, QB};
+use crate::engine::w4a8_cpu::{available, detected, has, Isa, Q8Rows, QB};
 use half::f16;
 use rayon::prelude::*;
 
@@ -107,12 +107,12 @@ impl Q8Matrix {
 
 /// `y[M, N] = x̂[M, K] · Ŵᵀ`; overwrites `y`. Uses the best copy.
 pub fn q8_matmul(a: &Q8Rows, w: &Q8Matrix, y: &mut [f32]) {
-    q8_matmul_with(*available().last().unwrap(), a, w, y)
+    q8_matmul_with(detected(), a, w, y)
 }
 
 /// [`q8_matmul`] with a chosen copy (panics if `isa` is not in [`available`]).
 pub fn q8_matmul_with(isa: Isa, a: &Q8Rows, w: &Q8Matrix, y: &mut [f32]) {
-    assert!(available().contains(&isa), "q8_cpu: the {isa:?} kernels cannot run on this CPU");
+    assert!(has(isa), "q8_cpu: the {isa:?} kernels cannot run on this CPU (available: {:?})", available());
     assert!(a.k == w.k && y.len() == a.m * w.n, "q8_matmul: activations [{}, {}] for weight [{}, {}], y has {} values", a.m, a.k, w.n, w.k, y.len());
     let yp = SyncPtr(y.as_mut_ptr());
     drive(a.m, w.tiles, w.blocks * BB / ST, |m0, m1, t0, t1| match isa {

@@ -117,7 +117,8 @@ pub enum Isa {
     Avx512Vnni,
 }
 
-fn has(isa: Isa) -> bool {
+/// Whether this CPU can run `isa`'s copy (feature detection is cached by std).
+pub(crate) fn has(isa: Isa) -> bool {
     match isa {
         Isa::Portable => true,
         #[cfg(target_arch = "x86_64")]
