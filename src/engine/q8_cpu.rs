@@ -121,7 +121,7 @@ pub fn q8_matmul_with(isa: Isa, a: &Q8Rows, w: &Q8Matrix, y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::block(w, a, m0, m1, t0, t1, yp.get()) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { avx512::block(w, a, m0, m1, t0, t1, yp.get()) },
+        Isa::Avx512Vnni | Isa::Amx => unsafe { avx512::block(w, a, m0, m1, t0, t1, yp.get()) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!(),
     });

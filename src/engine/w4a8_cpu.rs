@@ -115,6 +115,9 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL + VNNI: `vpdpbusd`, one tile per register.
     Avx512Vnni,
+    /// x86-64 AMX-INT8 tiles (`tdpbsud`, 16 rows x 16 outputs x 32 k per instruction) for every
+    /// 16 rows, the AVX-512-VNNI copy for the rest: prefill and batches of 16 or more.
+    Amx,
 }
 
 /// Whether this CPU can run `isa`'s copy (feature detection is cached by std).
@@ -133,7 +136,9 @@ pub(crate) fn has(isa: Isa) -> bool {
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512vnni")
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        Isa::Amx => has(Isa::Avx512Vnni) && amx::usable(),
+        #[allow(unreachable_patterns)]
         _ => false,
     }
 }
@@ -146,7 +151,7 @@ pub fn detected() -> Isa {
 
 /// Every copy that can run here, worst to best.
 pub fn available() -> Vec<Isa> {
-    [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|&i| has(i)).collect()
+    [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx].into_iter().filter(|&i| has(i)).collect()
 }
 
 /// Whether a layer with this group size can use these kernels (else the W4A16 ones serve it).
@@ -376,7 +381,9 @@ pub fn w4a8_matmul_with(isa: Isa, a: &Q8Rows, w: &PackedW4A8, y: &mut [f32]) {
         Isa::Avx2 => unsafe { avx2::block(w, a, m0, m1, t0, t1, yp.get()) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => unsafe { avx512::block(w, a, m0, m1, t0, t1, yp.get()) },
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        Isa::Amx => unsafe { amx::block(w, a, m0, m1, t0, t1, yp.get()) },
+        #[allow(unreachable_patterns)]
         _ => unreachable!(),
     });
 }
@@ -560,6 +567,166 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn block(w: &PackedW4A8, a: &Q8Rows, m0: usize, m1: usize, t0: usize, t1: usize, y: *mut f32) {
         avx512_tiles!(kernel, w, a, m0, m1, t0, t1, y)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AMX copy: per 16 rows x 16 outputs x 32 k one `tdpbsud` (int8 activations x unsigned codes,
+// exact int32 sums: the `D` of the module comment), stored to a 1 KiB buffer and folded into the
+// f32 sums with the same FMAs, in the same order, as the other copies (so the same bits). The
+// int8 block scale of every 32 activations is what bounds it: each product of 8192 pairs returns
+// 256 sums that need their own FMA, and on the machine measured (BENCHMARKS.md) the tile work
+// (zero, two loads, product, store) and the folding take about as long as each other and hardly
+// overlap: about 1.7x the VNNI copy on prefill shapes. One activation scale per weight group would
+// fold 2-4x less, but costs +0.8% (SmolLM2 g64) / +0.5% (Qwen g128) perplexity, measured.
+// The tiles are bytes, so each 16-output tile's codes are first unpacked into a
+// `[K/4][16 outputs][4]` byte buffer (exactly the layout `tdpbsud`'s B operand wants: the low
+// nibbles of a packed chunk are one row of it, the high nibbles the next).
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx {
+    use super::*;
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    /// Whether the CPU has AMX-TILE and AMX-INT8 (CPUID 7.0 EDX bits 24, 25) and Linux lets this
+    /// process use the tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, Linux
+    /// 5.16+; granted once for the whole process).
+    pub fn usable() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            // CPUID leaf 7 exists on every AVX-512 CPU (callers check AVX-512 first).
+            let e = __cpuid_count(7, 0);
+            if e.edx >> 24 & 1 == 0 || e.edx >> 25 & 1 == 0 {
+                return false;
+            }
+            let ret: i64;
+            // SAFETY: the arch_prctl system call (158) only changes this process's permissions.
+            unsafe {
+                asm!("syscall", inlateout("rax") 158i64 => ret, in("rdi") 0x1023i64, in("rsi") 18i64,
+                     lateout("rcx") _, lateout("r11") _, options(nostack));
+            }
+            ret == 0
+        })
+    }
+
+    /// Palette 1: tmm0 / tmm1 the C tiles (16 rows x 16 int32), tmm4 the activations (16 rows x
+    /// 32 int8), tmm5 the codes (8 rows of 4 k x 16 outputs).
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    static CONFIG: TileConfig = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let tiles: [(usize, u8, u8); 4] = [(0, 16, 64), (1, 16, 64), (4, 16, 32), (5, 8, 64)];
+        let mut i = 0;
+        while i < tiles.len() {
+            let (t, rows, colsb) = tiles[i];
+            c[16 + 2 * t] = colsb;
+            c[48 + t] = rows;
+            i += 1;
+        }
+        TileConfig(c)
+    };
+
+    #[repr(C, align(64))]
+    struct CBuf([[i32; 256]; 2]);
+
+    /// Unpack tile `t`'s codes, all K, into `bb [K/4][16][4]`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn unpack(w: &PackedW4A8, t: usize, bb: *mut u8) {
+        let mask = _mm512_set1_epi8(0x0F);
+        let base = w.data.as_ptr();
+        for gi in 0..w.groups {
+            for c in 0..w.group / 8 {
+                let v = _mm512_loadu_si512(base.add(w.codes_at(t, gi, c)) as *const __m512i);
+                let row = bb.add((gi * w.group / 4 + 2 * c) * 64);
+                _mm512_storeu_si512(row as *mut __m512i, _mm512_and_si512(v, mask));
+                _mm512_storeu_si512(row.add(64) as *mut __m512i, _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask));
+            }
+        }
+    }
+
+    /// Rows `m..m+16`, tile `t` (codes unpacked in `bb`); the tile configuration is loaded.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn kernel16(w: &PackedW4A8, bb: *const u8, t: usize, a: &Q8Rows, m: usize, y: *mut f32) {
+        let (k, groups, nb, nq) = (w.k, w.groups, w.group / QB, w.k / QB);
+        let base = w.data.as_ptr();
+        let x8 = a.x8.as_ptr().add(m * k);
+        let dx = a.dx.as_ptr().add(m * nq);
+        let mut cbuf = std::mem::MaybeUninit::<CBuf>::uninit();
+        let cb = cbuf.as_mut_ptr() as *mut i32;
+        let mut facc = [_mm512_setzero_ps(); 16];
+        let mut tot = [[_mm512_setzero_ps(); 1]; 16];
+        // Step i: block i's D into C tile i % 2 and on to its buffer, then block i - 1 (stored a
+        // step ago) folded while the tile unit works.
+        for i in 0..=nq {
+            if i < nq {
+                let (ap, bp, cp) = (x8.add(i * QB), bb.add(i * 512), cb.add((i % 2) * 256));
+                macro_rules! dp {
+                    ($c:literal) => {
+                        asm!(concat!("tilezero tmm", $c), "tileloadd tmm4, [{a} + {lda}*1]", "tileloadd tmm5, [{b} + {s64}*1]",
+                             concat!("tdpbsud tmm", $c, ", tmm4, tmm5"), concat!("tilestored [{c} + {s64}*1], tmm", $c),
+                             a = in(reg) ap, lda = in(reg) k, b = in(reg) bp, c = in(reg) cp, s64 = in(reg) 64usize, options(nostack))
+                    };
+                }
+                if i % 2 == 0 {
+                    dp!("0")
+                } else {
+                    dp!("1")
+                }
+            }
+            if i == 0 {
+                continue;
+            }
+            // Fold block j = i - 1: facc = fma(D, d_b, facc) per row.
+            let j = i - 1;
+            let cp = cb.add((j % 2) * 256);
+            for r in 0..16 {
+                let d = _mm512_cvtepi32_ps(_mm512_load_si512(cp.add(16 * r) as *const __m512i));
+                facc[r] = _mm512_fmadd_ps(d, _mm512_set1_ps(*dx.add(r * nq + j)), facc[r]);
+            }
+            if (j + 1) % nb == 0 {
+                let gi = j / nb;
+                let s = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(w.scales_at(t, gi)) as *const __m256i));
+                let z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(base.add(w.zeros_at(t, gi)) as *const __m128i)));
+                for r in 0..16 {
+                    let f = _mm512_fnmadd_ps(z, _mm512_set1_ps(a.cz[(m + r) * groups + gi]), facc[r]);
+                    tot[r][0] = _mm512_fmadd_ps(f, s, tot[r][0]);
+                    facc[r] = _mm512_setzero_ps();
+                }
+            }
+        }
+        crate::engine::int4_cpu::avx512::store::<16, 1>(&tot, w.n, t, m, y);
+    }
+
+    /// Rows `m0..m1` x tiles `t0..t1`: every full 16 rows on AMX, the rest on the VNNI copy.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn block(w: &PackedW4A8, a: &Q8Rows, m0: usize, m1: usize, t0: usize, t1: usize, y: *mut f32) {
+        let m16 = m0 + (m1 - m0) / 16 * 16;
+        if m16 > m0 {
+            // Every tile's codes unpacked once ([tiles][K/4][16][4] bytes, L2-resident), then each
+            // 16-row chunk of activations (L1-resident) meets every tile in turn.
+            let tk = w.k * 16;
+            let mut bb = vec![0u8; (t1 - t0) * tk];
+            for t in t0..t1 {
+                if t * NR < w.n {
+                    unpack(w, t, bb.as_mut_ptr().add((t - t0) * tk));
+                }
+            }
+            asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
+            for m in (m0..m16).step_by(16) {
+                for t in t0..t1 {
+                    if t * NR < w.n {
+                        kernel16(w, bb.as_ptr().add((t - t0) * tk), t, a, m, y);
+                    }
+                }
+            }
+            asm!("tilerelease", options(nostack, nomem));
+        }
+        if m16 < m1 {
+            super::avx512::block(w, a, m16, m1, t0, t1, y);
+        }
     }
 }
 
