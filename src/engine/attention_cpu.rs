@@ -145,15 +145,21 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], cos: &[f32], sin: &[f32
     out
 }
 
-/// `silu(g) * u` elementwise (SwiGLU), `silu(x) = x / (1 + e^-x)`.
+/// `silu(g) · u` of one element, `silu(x) = x / (1 + e^-x)`.
+#[inline(always)]
+fn silu_times(g: f32, u: f32) -> f32 {
+    // e^-|g| is in (0, 1]; fold the sign so exp only ever sees non-positive arguments.
+    let e = exp_neg(-g.abs());
+    let sig = if g >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+    g * sig * u
+}
+
+/// `silu(g) * u` elementwise (SwiGLU).
 pub fn silu_mul(g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; g.len()];
     let chunk = |((o, g), u): ((&mut [f32], &[f32]), &[f32])| {
         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            // e^-|g| is in (0, 1]; fold the sign so exp only ever sees non-positive arguments.
-            let e = exp_neg(-g.abs());
-            let sig = if g >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
-            *o = g * sig * u;
+            *o = silu_times(g, u);
         }
     };
     // One chunk (a decode step's few rows) runs on the calling thread.
@@ -161,6 +167,24 @@ pub fn silu_mul(g: &[f32], u: &[f32]) -> Vec<f32> {
         chunk(((&mut out[..], g), u));
     } else {
         crate::engine::team::par_chunks_mut(&mut out, 1 << 14, |i, o| chunk(((o, &g[i << 14..]), &u[i << 14..])));
+    }
+    out
+}
+
+/// SwiGLU of stacked rows `gu [M, 2I]` (gate then up in each row) -> `[M, I]`, without
+/// splitting them first.
+pub fn silu_mul_rows(gu: &[f32], i: usize) -> Vec<f32> {
+    let mut out = vec![0f32; gu.len() / 2];
+    let row = |r: usize, o: &mut [f32]| {
+        let (g, u) = gu[r * 2 * i..(r + 1) * 2 * i].split_at(i);
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = silu_times(g, u);
+        }
+    };
+    if out.len() <= 1 << 14 {
+        out.chunks_mut(i).enumerate().for_each(|(r, o)| row(r, o));
+    } else {
+        crate::engine::team::par_chunks_mut(&mut out, i, row);
     }
     out
 }
@@ -182,6 +206,17 @@ mod tests {
         assert!(worst < 5e-7, "max relative error {worst:e}");
         assert_eq!(exp_neg(0.0), 1.0);
         assert!(exp_neg(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn silu_mul_rows_equals_silu_mul_of_the_split_rows() {
+        let (m, i) = (37, 300);
+        let gu: Vec<f32> = (0..m * 2 * i).map(|j| ((j * 7919) % 1000) as f32 * 0.011 - 5.5).collect();
+        let (g, u): (Vec<f32>, Vec<f32>) = (
+            gu.chunks(2 * i).flat_map(|r| r[..i].to_vec()).collect(),
+            gu.chunks(2 * i).flat_map(|r| r[i..].to_vec()).collect(),
+        );
+        assert_eq!(silu_mul_rows(&gu, i), silu_mul(&g, &u));
     }
 
     #[test]

@@ -16,11 +16,12 @@
 //! greedy request decodes the same tokens alone or among many. The f32 path of full-precision
 //! models goes through `gemm`, whose blocking may depend on M.
 
-use crate::engine::attention_cpu::{causal_attention, exp_neg, silu_mul, AttnShape};
+use crate::engine::attention_cpu::{causal_attention, exp_neg, silu_mul_rows, AttnShape};
 use crate::engine::int4_cpu::{self, F16Matrix, PackedInt4};
 use crate::engine::q8_cpu::{self, Q8Matrix};
 use crate::engine::w4a8_cpu::{self, PackedW4A8};
 use crate::engine::kv_cache::{KvCache, SeqState};
+use crate::engine::team::SendPtr;
 use std::borrow::Cow;
 use crate::engine::rope::Rope;
 use crate::error::{Error, Result};
@@ -291,13 +292,7 @@ impl HostLayer {
     /// The MLP block on `x [M, H]` (after its norm): `down(silu(gate x) * up x)`.
     fn mlp(&self, x: &[f32], m: usize) -> Vec<f32> {
         let gu = self.gate_up.forward(x, m);
-        let i = self.gate_up.n / 2;
-        let (mut g, mut u) = (Vec::with_capacity(m * i), Vec::with_capacity(m * i));
-        for r in gu.chunks(2 * i) {
-            g.extend_from_slice(&r[..i]);
-            u.extend_from_slice(&r[i..]);
-        }
-        self.down.forward(&silu_mul(&g, &u), m)
+        self.down.forward(&silu_mul_rows(&gu, self.gate_up.n / 2), m)
     }
 }
 
@@ -532,25 +527,28 @@ impl HostLlama {
         let rope_cs: Vec<(f32, f32)> = rows.iter().flat_map(|&(i, p)| rope_table(p, &seqs[i].inv_freq, seqs[i].rope_scale)).collect();
         for (li, l) in self.layers.iter().enumerate() {
             let n1 = rms_norm_rows(&x, &l.attn_norm, c.rms_norm_eps);
-            let (mut q, mut k, v) = l.qkv(&n1, m);
-            // RoPE with each row's own position and its sequence's frequencies (dynamic NTK).
-            let rope_row = |((qr, kr), cs): ((&mut [f32], &mut [f32]), &[(f32, f32)])| {
-                qr.chunks_mut(d).for_each(|hv| rope_apply(hv, cs));
-                kr.chunks_mut(d).for_each(|hv| rope_apply(hv, cs));
+            // Row r of `qkv`: q (Hq heads), k (Hkv heads), v (Hkv heads), read in place.
+            let mut qkv = l.qkv.forward(&n1, m);
+            let (qd, kd) = (hq * d, hkv * d);
+            let wd = qd + 2 * kd;
+            // RoPE on q and k with each row's own position and its sequence's frequencies.
+            let rope_row = |r: usize, row: &mut [f32]| {
+                let cs = &rope_cs[r * d / 2..(r + 1) * d / 2];
+                row[..qd + kd].chunks_mut(d).for_each(|hv| rope_apply(hv, cs));
             };
             if m < 8 {
-                q.chunks_mut(hq * d).zip(k.chunks_mut(hkv * d)).zip(rope_cs.chunks(d / 2)).for_each(rope_row);
+                qkv.chunks_mut(wd).enumerate().for_each(|(r, row)| rope_row(r, row));
             } else {
-                let cs = |r: usize| &rope_cs[r * d / 2..(r + 1) * d / 2];
-                crate::engine::team::par_chunks_mut(&mut q, hq * d, |r, qr| qr.chunks_mut(d).for_each(|hv| rope_apply(hv, cs(r))));
-                crate::engine::team::par_chunks_mut(&mut k, hkv * d, |r, kr| kr.chunks_mut(d).for_each(|hv| rope_apply(hv, cs(r))));
+                crate::engine::team::par_chunks_mut(&mut qkv, wd, rope_row);
             }
             for (r, &(i, p)) in rows.iter().enumerate() {
-                cache.write(seqs[i], li, p, &k[r * hkv * d..(r + 1) * hkv * d], &v[r * hkv * d..(r + 1) * hkv * d]);
+                let row = &qkv[r * wd..(r + 1) * wd];
+                cache.write(seqs[i], li, p, &row[qd..qd + kd], &row[qd + kd..]);
             }
             // Attention: one task per (item, KV head, chunk of ATT_ROWS rows) reads that head's
             // K/V in the cache and serves the G query heads of its rows (so a long prompt's rows
-            // spread over the threads); row at position p sees keys 0..=p.
+            // spread over the threads); row at position p sees keys 0..=p. Tasks are taken from
+            // the last (most keys) down, so the long ones do not come last.
             let cache_ref = &*cache;
             let mut tasks: Vec<(usize, usize, usize, usize)> = Vec::new();
             for i in 0..items.len() {
@@ -560,27 +558,23 @@ impl HostLlama {
                     }
                 }
             }
-            let slots: Vec<std::sync::OnceLock<Vec<f32>>> = (0..tasks.len()).map(|_| std::sync::OnceLock::new()).collect();
+            tasks.sort_by_key(|&(_, _, _, r1)| std::cmp::Reverse(rows[r1 - 1].1));
+            let mut ctx = vec![0f32; m * qd];
+            let ctx_ptr = SendPtr(ctx.as_mut_ptr());
             crate::engine::team::par_for(tasks.len(), |task| {
-                let _ = slots[task].set({
-                    let (i, kvh, r0, r1) = tasks[task];
-                    let s = seqs[i];
-                    let blocks = cache_ref.head_blocks(s, li, kvh, rows[r1 - 1].1 + 1);
-                    let mut out = vec![0f32; (r1 - r0) * g * d];
-                    // The G query heads of this KV head are consecutive in a row of q.
-                    let qs: Vec<(usize, &[f32])> = (r0..r1).map(|r| (rows[r].1 + 1, &q[r * hq * d + kvh * g * d..r * hq * d + (kvh + 1) * g * d])).collect();
-                    attend_head(&blocks, d, scale, &qs, &mut out);
-                    out
-                });
-            });
-            let parts: Vec<Vec<f32>> = slots.into_iter().map(|s| s.into_inner().expect("every attention task ran")).collect();
-            let mut ctx = vec![0f32; m * hq * d];
-            for (&(_, kvh, r0, r1), out) in tasks.iter().zip(&parts) {
+                let (i, kvh, r0, r1) = tasks[task];
+                let blocks = cache_ref.head_blocks(seqs[i], li, kvh, rows[r1 - 1].1 + 1);
+                let mut out = vec![0f32; (r1 - r0) * g * d];
+                // The G query heads of this KV head are consecutive in a row of q.
+                let qs: Vec<(usize, &[f32])> = (r0..r1).map(|r| (rows[r].1 + 1, &qkv[r * wd + kvh * g * d..r * wd + (kvh + 1) * g * d])).collect();
+                attend_head(&blocks, d, scale, &qs, &mut out);
                 for r in r0..r1 {
-                    let src = &out[(r - r0) * g * d..(r - r0 + 1) * g * d];
-                    ctx[r * hq * d + kvh * g * d..r * hq * d + (kvh + 1) * g * d].copy_from_slice(src);
+                    // SAFETY: rows r0..r1 x this KV head's G·D columns of ctx belong to this task.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(out[(r - r0) * g * d..].as_ptr(), ctx_ptr.get().add(r * qd + kvh * g * d), g * d);
+                    }
                 }
-            }
+            });
             add_into(&mut x, &l.o.forward(&ctx, m));
             let n2 = rms_norm_rows(&x, &l.mlp_norm, c.rms_norm_eps);
             add_into(&mut x, &l.mlp(&n2, m));
@@ -600,88 +594,136 @@ impl HostLlama {
 /// A score block is 64 keys (one cache block) in vector lanes, each lane one chain over D (no
 /// horizontal sums); each score, the softmax sums (16 partial sums in key order) and the V
 /// accumulation (key order) depend only on the row's own keys: the same bits whatever else is
-/// in the step.
+/// in the step, and whichever copy runs. The AVX-512 copy takes the query vectors (the G heads
+/// of a row, then the next row's) four at a time, so each K and V element loaded serves four.
 fn attend_head(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was detected; the body is the same code (no FMA contraction: same bits).
-        return unsafe { attend_head_avx2(blocks, d, scale, rows, out) };
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was detected; the body is the same code (no FMA contraction: same bits).
+            return unsafe { attend_head_avx512(blocks, d, scale, rows, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was detected; as above.
+            return unsafe { attend_head_avx2(blocks, d, scale, rows, out) };
+        }
     }
-    attend_head_body(blocks, d, scale, rows, out)
+    attend_head_body::<1>(blocks, d, scale, rows, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_head_avx2(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
-    attend_head_body(blocks, d, scale, rows, out)
+    attend_head_body::<1>(blocks, d, scale, rows, out)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_head_avx512(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
+    attend_head_body::<4>(blocks, d, scale, rows, out)
+}
+
+/// [`attend_head`] with `R` query vectors per pass (R x 64 accumulators in registers); a last
+/// group of fewer than `R` goes one vector at a time.
 #[inline(always)]
-fn attend_head_body(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
+fn attend_head_body<const R: usize>(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
+    // Every query vector with its key count, in output order.
+    let vecs: Vec<(usize, &[f32])> = rows.iter().flat_map(|&(nr, heads)| heads.chunks(d).map(move |q| (nr, q))).collect();
+    let mut sc = vec![0f32; R * blocks.len() * crate::engine::kv_cache::BLOCK_LEN];
+    for (group, o) in vecs.chunks(R).zip(out.chunks_mut(R * d)) {
+        if group.len() == R {
+            attend_group::<R>(blocks, d, scale, group.try_into().expect("R vectors"), o, &mut sc);
+        } else {
+            for (v, o) in group.iter().zip(o.chunks_mut(d)) {
+                attend_group::<1>(blocks, d, scale, &[*v], o, &mut sc);
+            }
+        }
+    }
+}
+
+/// Attention of `R` query vectors `(key count, q [D])` into `out [R, D]`; `sc` is scratch for
+/// `R` rows of scores.
+#[inline(always)]
+fn attend_group<const R: usize>(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, group: &[(usize, &[f32]); R], out: &mut [f32], sc: &mut [f32]) {
     const L: usize = 16;
     const B: usize = crate::engine::kv_cache::BLOCK_LEN;
     let np = blocks.len() * B;
-    let mut sc = vec![0f32; np];
-    let mut o = out.chunks_mut(d);
-    for &(nr, heads) in rows {
-        for qh in heads.chunks(d) {
-            let oh = o.next().expect("attend_head: out too short");
-            // One cache block (64 keys = 4 x 16 lanes) at a time; scores past `nr` are unused.
-            for (bi, (kt, _)) in blocks.iter().enumerate().take(nr.div_ceil(B)) {
-                let mut acc = [0f32; B];
-                for c in 0..d {
-                    let qc = qh[c];
-                    let kr: &[f32; B] = kt[c * B..(c + 1) * B].try_into().expect("a K block is [D][64]");
-                    for l in 0..B {
-                        acc[l] += qc * kr[l];
-                    }
-                }
-                let so: &mut [f32; B] = (&mut sc[bi * B..(bi + 1) * B]).try_into().expect("score block");
+    let nmax = group.iter().map(|v| v.0).max().unwrap_or(0);
+    let nmin = group.iter().map(|v| v.0).min().unwrap_or(0);
+    // Scores: one cache block (64 keys) at a time for all R vectors; a vector's scores past its
+    // own key count are computed but never read.
+    for (bi, (kt, _)) in blocks.iter().enumerate().take(nmax.div_ceil(B)) {
+        let mut acc = [[0f32; B]; R];
+        for c in 0..d {
+            let kr: &[f32; B] = kt[c * B..(c + 1) * B].try_into().expect("a K block is [D][64]");
+            for r in 0..R {
+                let qc = group[r].1[c];
                 for l in 0..B {
-                    so[l] = acc[l] * scale;
+                    acc[r][l] += qc * kr[l];
                 }
             }
-            let s = &mut sc[..nr];
-            let mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            // exp, and the sum in 16 lanes (lane l: keys l, l + 16, ... in order).
-            let mut zl = [0f32; L];
-            let mut ex = s.chunks_exact_mut(L);
-            for ch in &mut ex {
-                let ch: &mut [f32; L] = ch.try_into().expect("chunks_exact");
-                for l in 0..L {
-                    ch[l] = exp_neg(ch[l] - mx);
-                    zl[l] += ch[l];
+        }
+        for r in 0..R {
+            let so: &mut [f32; B] = (&mut sc[r * np + bi * B..r * np + (bi + 1) * B]).try_into().expect("score block");
+            for l in 0..B {
+                so[l] = acc[r][l] * scale;
+            }
+        }
+    }
+    for (r, &(nr, _)) in group.iter().enumerate() {
+        let s = &mut sc[r * np..r * np + nr];
+        // max in 16 lanes (exact in any order).
+        let mut ml = [f32::NEG_INFINITY; L];
+        let mut mc = s.chunks_exact(L);
+        for ch in &mut mc {
+            for l in 0..L {
+                ml[l] = if ch[l] > ml[l] { ch[l] } else { ml[l] };
+            }
+        }
+        let mx = mc.remainder().iter().chain(&ml).fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        // exp, and the sum in 16 lanes (lane l: keys l, l + 16, ... in order).
+        let mut zl = [0f32; L];
+        let mut ex = s.chunks_exact_mut(L);
+        for ch in &mut ex {
+            let ch: &mut [f32; L] = ch.try_into().expect("chunks_exact");
+            for l in 0..L {
+                ch[l] = exp_neg(ch[l] - mx);
+                zl[l] += ch[l];
+            }
+        }
+        for (l, x) in ex.into_remainder().iter_mut().enumerate() {
+            *x = exp_neg(*x - mx);
+            zl[l] += *x;
+        }
+        let z: f32 = zl.iter().sum();
+        for x in s.iter_mut() {
+            *x /= z;
+        }
+    }
+    // out = Σ_j w_j · v_j in key order, 64 output values at a time in registers: the keys every
+    // vector sees together (each V row loaded once for all R), then each vector's own rest.
+    for c0 in (0..d).step_by(B) {
+        let w = B.min(d - c0);
+        let mut acc = [[0f32; B]; R];
+        let v_row = |j: usize| &blocks[j / B].1[(j % B) * d + c0..(j % B) * d + c0 + w];
+        let shared = if w == B { nmin } else { 0 };
+        for j in 0..shared {
+            let vr: &[f32; B] = v_row(j).try_into().expect("V row part");
+            for r in 0..R {
+                let p = sc[r * np + j];
+                for c in 0..B {
+                    acc[r][c] += p * vr[c];
                 }
             }
-            for (l, x) in ex.into_remainder().iter_mut().enumerate() {
-                *x = exp_neg(*x - mx);
-                zl[l] += *x;
-            }
-            let z: f32 = zl.iter().sum();
-            for x in s.iter_mut() {
-                *x /= z;
-            }
-            // out = Σ_j w_j · v_j in key order, 64 output values at a time in registers.
-            for c0 in (0..d).step_by(B) {
-                let w = B.min(d - c0);
-                let mut acc = [0f32; B];
-                if w == B {
-                    for (j, &p) in s.iter().enumerate() {
-                        let vr: &[f32; B] = blocks[j / B].1[(j % B) * d + c0..(j % B) * d + c0 + B].try_into().expect("V row part");
-                        for c in 0..B {
-                            acc[c] += p * vr[c];
-                        }
-                    }
-                } else {
-                    for (j, &p) in s.iter().enumerate() {
-                        let vr = &blocks[j / B].1[(j % B) * d + c0..(j % B) * d + c0 + w];
-                        for c in 0..w {
-                            acc[c] += p * vr[c];
-                        }
-                    }
+        }
+        for (r, &(nr, _)) in group.iter().enumerate() {
+            for j in shared..nr {
+                let p = sc[r * np + j];
+                for (a, &v) in acc[r][..w].iter_mut().zip(v_row(j)) {
+                    *a += p * v;
                 }
-                oh[c0..c0 + w].copy_from_slice(&acc[..w]);
             }
+            out[r * d + c0..r * d + c0 + w].copy_from_slice(&acc[r][..w]);
         }
     }
 }

@@ -298,7 +298,9 @@ fn quantize_row_body(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], b
             let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
             let mut sum = 0i32;
             for (q, &v) in x8[b * QB..(b + 1) * QB].iter_mut().zip(xs) {
-                let r = ((v * id + ROUND) - ROUND) as i32;
+                // v·id + ROUND is 1.5·2^23 + r exactly, r in [-127, 127]: r sits in the low
+                // mantissa bits (an integer subtraction vectorizes; `as i32` saturates per lane).
+                let r = ((v * id + ROUND).to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
                 *q = r as i8;
                 sum += r;
             }
