@@ -623,19 +623,22 @@ unsafe fn attend_head_avx512(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scal
     attend_head_body::<4>(blocks, d, scale, rows, out)
 }
 
-/// [`attend_head`] with `R` query vectors per pass (R x 64 accumulators in registers); a last
-/// group of fewer than `R` goes one vector at a time.
+/// [`attend_head`] with up to `R` query vectors per pass (R x 64 accumulators in registers).
 #[inline(always)]
 fn attend_head_body<const R: usize>(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
     // Every query vector with its key count, in output order.
     let vecs: Vec<(usize, &[f32])> = rows.iter().flat_map(|&(nr, heads)| heads.chunks(d).map(move |q| (nr, q))).collect();
     let mut sc = vec![0f32; R * blocks.len() * crate::engine::kv_cache::BLOCK_LEN];
     for (group, o) in vecs.chunks(R).zip(out.chunks_mut(R * d)) {
-        if group.len() == R {
-            attend_group::<R>(blocks, d, scale, group.try_into().expect("R vectors"), o, &mut sc);
-        } else {
-            for (v, o) in group.iter().zip(o.chunks_mut(d)) {
-                attend_group::<1>(blocks, d, scale, &[*v], o, &mut sc);
+        // A last, smaller group (a decode row's G heads when G < R) still shares its loads.
+        match group.len() {
+            4 if R >= 4 => attend_group::<4>(blocks, d, scale, group.try_into().expect("4 vectors"), o, &mut sc),
+            3 if R >= 3 => attend_group::<3>(blocks, d, scale, group.try_into().expect("3 vectors"), o, &mut sc),
+            2 if R >= 2 => attend_group::<2>(blocks, d, scale, group.try_into().expect("2 vectors"), o, &mut sc),
+            _ => {
+                for (v, o) in group.iter().zip(o.chunks_mut(d)) {
+                    attend_group::<1>(blocks, d, scale, &[*v], o, &mut sc);
+                }
             }
         }
     }
