@@ -59,9 +59,10 @@ llama-cpp: fixtures
 
 # The CPU engine side by side with llama.cpp, same machine, same run: awqc's resident memory, prefill
 # 512 and decode at batch 1 / 8 / 16 for the fp and the AWQ SmolLM2 (against the run's measured
-# bandwidth and matmul ceiling), then llama-bench pp512 / tg128 on the f32, Q4_0 and Q4_K_M GGUFs.
+# bandwidth and matmul ceiling), the W4A8 kernel copies on the AWQ model's MLP weights, then
+# llama-bench pp512 / tg128 on the f32, Q4_0 and Q4_K_M GGUFs.
 bench-engine: awq-ci llama-cpp
-	$(AWQC) bench-engine --model $(SMOL) $(AWQ_CI)
+	$(AWQC) bench-engine --model $(SMOL) $(AWQ_CI) --kernels
 	./scripts/llama-cpp.sh --bench
 
 # Serving: output tokens/s, time to first token and inter-token latency at 1 / 4 / 16 concurrent

@@ -2,7 +2,8 @@
 //! resident memory after load against the checkpoint's size, prefill of a 512-token prompt, and
 //! decode at batch 1, 8 and 16 (aggregate tokens/s through the batched step). Each figure is set
 //! against the machine's own ceilings measured in the same run: memory bandwidth (decode is bound
-//! by reading the weights) and an f32 matmul (prefill is bound by arithmetic).
+//! by reading the weights) and an f32 matmul (prefill is bound by arithmetic). `--kernels` adds
+//! the W4A8 kernel copies (AVX2, AVX-512-VNNI, AMX) timed alone on the model's own MLP weights.
 
 use crate::cli::bench::{best_of_3_gflops, forward_flops_per_token};
 use crate::engine::device::CpuBackend;
@@ -39,6 +40,11 @@ pub struct Args {
     /// INT4 models: activations the kernels multiply with.
     #[arg(long, value_enum, default_value = "int8")]
     pub activations: Activations,
+    /// Also time every W4A8 kernel copy this CPU runs (portable excluded) on the model's first
+    /// layer's gate/up and down weights at M = 1, 16 and 512 rows (INT4 models with int8
+    /// activations; other models get no kernel rows).
+    #[arg(long)]
+    pub kernels: bool,
     /// Ceilings measured by a parent run (several models are measured one per process).
     #[arg(long, hide = true)]
     pub bandwidth_gbps: Option<f64>,
@@ -194,7 +200,57 @@ fn measure(name: &str, a: &Args, ceiling: f64, bw: f64) -> Result<(Vec<EngineRow
             of_ceiling: gbps / bw,
         });
     }
+    if a.kernels {
+        rows.extend(kernel_rows(m, &label, ceiling)?);
+    }
     Ok((rows, mem))
+}
+
+/// The W4A8 copies on the first layer's gate/up and down weights (`--kernels`): one row per
+/// (weight, copy, M), rate in GFLOP/s (2 per multiply-add) against the f32 matmul ceiling. None
+/// for a model without such weights (full precision, or `--activations f32`).
+fn kernel_rows(m: &Llama<CpuBackend>, label: &str, ceiling: f64) -> Result<Vec<EngineRow>> {
+    use crate::engine::host::HostWeight;
+    use crate::engine::w4a8_cpu::{available, quantize_rows, w4a8_matmul_with, Isa};
+    let layer = m.host.as_ref().and_then(|h| h.layers.first());
+    let weights: Vec<_> = layer
+        .map(|l| [&l.gate_up, &l.down].into_iter().filter_map(|lin| if let HostWeight::W4A8(p) = &lin.w { Some(p) } else { None }).collect())
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for p in weights {
+        for rows_m in [1usize, 16, 512] {
+            let x: Vec<f32> = (0..rows_m * p.k).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 1e-3).collect();
+            let act = quantize_rows(&x, rows_m, p.k, p.group);
+            let mut y = vec![0f32; rows_m * p.n];
+            for isa in available().into_iter().filter(|&i| i != Isa::Portable) {
+                // Calls for at least ~0.2 s, best of 3 such runs.
+                w4a8_matmul_with(isa, &act, p, &mut y);
+                let t0 = Instant::now();
+                w4a8_matmul_with(isa, &act, p, &mut y);
+                let reps = ((0.2 / t0.elapsed().as_secs_f64().max(1e-6)) as usize).clamp(1, 10_000);
+                let mut best = f64::INFINITY;
+                for _ in 0..3 {
+                    let t0 = Instant::now();
+                    for _ in 0..reps {
+                        w4a8_matmul_with(isa, &act, p, &mut y);
+                    }
+                    best = best.min(t0.elapsed().as_secs_f64() / reps as f64);
+                }
+                let gf = 2.0 * (rows_m * p.n * p.k) as f64 / best / 1e9;
+                let copy = format!("{isa:?}").to_lowercase();
+                rows.push(EngineRow {
+                    model: label.to_string(),
+                    step: format!("w4a8 {copy} {}x{} M={rows_m}", p.n, p.k),
+                    seconds: best,
+                    tokens_per_second: rows_m as f64 / best,
+                    rate: gf,
+                    unit: "GFLOP/s",
+                    of_ceiling: gf / ceiling,
+                });
+            }
+        }
+    }
+    Ok(rows)
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
@@ -235,6 +291,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
                 .args(["--batch", &batch.join(","), "--prefill-tokens", &a.prefill_tokens.to_string()])
                 .args(["--bandwidth-gbps", &bw.to_string(), "--ceiling-gflops", &ceiling.to_string()])
                 .args(if a.dequantize { vec!["--dequantize"] } else { vec![] })
+                .args(if a.kernels { vec!["--kernels"] } else { vec![] })
                 .args(["--activations", a.activations.to_possible_value().unwrap().get_name()])
                 .output()
                 .map_err(|e| Error::internal(format!("cannot run {}: {e}", exe.display())))?;
@@ -274,9 +331,9 @@ fn report(json: bool, bw: f64, ceiling: f64, rows: &[EngineRow], mem: &[serde_js
         return Ok(());
     }
     println!("machine: read bandwidth {bw:.1} GB/s, f32 matmul ceiling {ceiling:.1} GFLOP/s ({} threads)", rayon::current_num_threads());
-    println!("{:<22} {:<28} {:>8} {:>10} {:>16} {:>8}", "model", "step", "wall s", "tokens/s", "rate", "ceiling");
+    println!("{:<22} {:<30} {:>8} {:>10} {:>16} {:>8}", "model", "step", "wall s", "tokens/s", "rate", "ceiling");
     for r in rows {
-        println!("{:<22} {:<28} {:>8.3} {:>10.1} {:>8.1} {:<7} {:>7.0}%", r.model, r.step, r.seconds, r.tokens_per_second, r.rate, r.unit, r.of_ceiling * 100.0);
+        println!("{:<22} {:<30} {:>8.5} {:>10.1} {:>8.1} {:<7} {:>7.0}%", r.model, r.step, r.seconds, r.tokens_per_second, r.rate, r.unit, r.of_ceiling * 100.0);
     }
     println!("{:<22} {:>22} {:>16} {:>8}", "model", "resident after load", "checkpoint", "ratio");
     for v in mem {
