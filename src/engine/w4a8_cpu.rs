@@ -579,8 +579,9 @@ mod avx512 {
 // int8 block scale of every 32 activations is what bounds it: each product of 8192 pairs returns
 // 256 sums that need their own FMA, and on the machine measured (BENCHMARKS.md) the tile work
 // (zero, two loads, product, store) and the folding take about as long as each other and hardly
-// overlap: about 1.7x the VNNI copy on prefill shapes. One activation scale per weight group would
-// fold 2-4x less, but costs +0.8% (SmolLM2 g64) / +0.5% (Qwen g128) perplexity, measured.
+// overlap: 1.3-1.7x the VNNI copy at 512 rows (`awqc bench-engine --kernels`). One activation
+// scale per weight group would fold 2-4x less, but cost +0.8% (SmolLM2 g64) / +0.5% (Qwen g128)
+// perplexity in a throw-away build, so the block stays 32.
 // The tiles are bytes, so each 16-output tile's codes are first unpacked into a
 // `[K/4][16 outputs][4]` byte buffer (exactly the layout `tdpbsud`'s B operand wants: the low
 // nibbles of a packed chunk are one row of it, the high nibbles the next).
