@@ -730,3 +730,66 @@ fn attend_group<const R: usize>(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, s
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::kv_cache::BLOCK_LEN as B;
+
+    /// K (transposed per block) and V blocks holding `n` random keys of `d` values, and the same
+    /// keys row-major for the reference.
+    #[allow(clippy::type_complexity)]
+    fn cache_blocks(n: usize, d: usize, seed: u64) -> (Vec<(Cow<'static, [f32]>, Cow<'static, [f32]>)>, Vec<f32>, Vec<f32>) {
+        let mut s = seed;
+        let mut next = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        };
+        let (k, v): (Vec<f32>, Vec<f32>) = (0..n * d).map(|_| (next(), next())).unzip();
+        let blocks = (0..n.div_ceil(B))
+            .map(|b| {
+                let (mut kt, mut vb) = (vec![0f32; B * d], vec![0f32; B * d]);
+                for t in 0..B.min(n - b * B) {
+                    for c in 0..d {
+                        kt[c * B + t] = k[(b * B + t) * d + c];
+                    }
+                    vb[t * d..(t + 1) * d].copy_from_slice(&v[(b * B + t) * d..(b * B + t + 1) * d]);
+                }
+                (Cow::Owned(kt), Cow::Owned(vb))
+            })
+            .collect();
+        (blocks, k, v)
+    }
+
+    /// Grouping query vectors four, three, two at a time (the AVX-512 copy) gives each vector the
+    /// same bits as one at a time (the AVX2 / portable copies), and both match an f64 softmax
+    /// attention within 1e-5 of the output's scale.
+    #[test]
+    fn grouped_attention_equals_one_vector_at_a_time_and_f64() {
+        for (d, g, n_rows, n_keys) in [(64, 3, 5, 150), (48, 2, 7, 64), (64, 4, 3, 200), (128, 7, 2, 70)] {
+            let (blocks, k, v) = cache_blocks(n_keys, d, (d * g) as u64);
+            let qv: Vec<f32> = (0..n_rows * g * d).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 2.0).collect();
+            // Rows at consecutive positions ending at the last key.
+            let rows: Vec<(usize, &[f32])> = (0..n_rows).map(|r| (n_keys - n_rows + 1 + r, &qv[r * g * d..(r + 1) * g * d])).collect();
+            let scale = 1.0 / (d as f32).sqrt();
+            let (mut one, mut four) = (vec![0f32; n_rows * g * d], vec![0f32; n_rows * g * d]);
+            attend_head_body::<1>(&blocks, d, scale, &rows, &mut one);
+            attend_head_body::<4>(&blocks, d, scale, &rows, &mut four);
+            assert!(one.iter().zip(&four).all(|(a, b)| a.to_bits() == b.to_bits()), "d={d} g={g}: grouped bits differ");
+            for (r, &(nr, q)) in rows.iter().enumerate() {
+                for h in 0..g {
+                    let qh = &q[h * d..(h + 1) * d];
+                    let s: Vec<f64> = (0..nr).map(|j| (0..d).map(|c| qh[c] as f64 * k[j * d + c] as f64).sum::<f64>() * scale as f64).collect();
+                    let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..d {
+                        let want: f64 = (0..nr).map(|j| e[j] / z * v[j * d + c] as f64).sum();
+                        let got = one[(r * g + h) * d + c] as f64;
+                        assert!((got - want).abs() <= 1e-5 * 2.0, "d={d} row {r} head {h} c {c}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+}
