@@ -25,9 +25,12 @@ pub struct Args {
     pub model: Vec<String>,
     #[command(flatten)]
     pub revision: crate::cli::Revision,
-    /// Tokens decoded per sequence (after a 128-token prompt).
+    /// Tokens decoded per sequence (after a `--decode-context`-token prompt).
     #[arg(long, default_value_t = 128)]
     pub decode_tokens: usize,
+    /// Prompt length before the decode rows' tokens (the context their attention reads).
+    #[arg(long, default_value_t = 128)]
+    pub decode_context: usize,
     /// Decode batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,8,16")]
     pub batch: Vec<usize>,
@@ -40,6 +43,9 @@ pub struct Args {
     /// INT4 models: activations the kernels multiply with.
     #[arg(long, value_enum, default_value = "int8")]
     pub activations: Activations,
+    /// KV cache of the decode rows: 0 (f32), 8 (int8) or 4 (int4), lmdeploy's `--quant-policy`.
+    #[arg(long, default_value_t = 0)]
+    pub quant_policy: u32,
     /// Also time every W4A8 kernel copy this CPU runs (portable excluded) on the model's first
     /// layer's gate/up and down weights at M = 1, 16 and 512 rows (INT4 models with int8
     /// activations; other models get no kernel rows).
@@ -130,10 +136,10 @@ fn prompts(n: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
 }
 
 /// Decode `tokens` greedy steps for `batch` sequences together; returns seconds.
-fn decode_batch(m: &Llama<CpuBackend>, batch: usize, tokens: usize) -> Result<f64> {
+fn decode_batch(m: &Llama<CpuBackend>, batch: usize, context: usize, tokens: usize, policy: QuantPolicy) -> Result<f64> {
     let c = &m.config;
-    let ps = prompts(batch, 128, c.vocab_size);
-    let mut cache = m.new_cache(QuantPolicy::None, 0.5, batch * (128 + tokens))?;
+    let ps = prompts(batch, context, c.vocab_size);
+    let mut cache = m.new_cache(policy, 0.5, batch * (context + tokens))?;
     let mut seqs: Vec<SeqState> = ps.iter().map(|p| SeqState::new(&m.rope, p.len())).collect();
     let mut last: Vec<u32> = Vec::with_capacity(batch);
     for (s, p) in seqs.iter_mut().zip(&ps) {
@@ -188,11 +194,16 @@ fn measure(name: &str, a: &Args, ceiling: f64, bw: f64) -> Result<(Vec<EngineRow
     let gf = a.prefill_tokens as f64 * forward_flops_per_token(c, a.prefill_tokens) / best / 1e9;
     rows.push(EngineRow { model: label.clone(), step: format!("prefill {}", a.prefill_tokens), seconds: best, tokens_per_second: a.prefill_tokens as f64 / best, rate: gf, unit: "GFLOP/s", of_ceiling: gf / ceiling });
     for &b in &a.batch {
-        let s = decode_batch(m, b, a.decode_tokens)?;
+        let s = decode_batch(m, b, a.decode_context, a.decode_tokens, QuantPolicy::from_flag(a.quant_policy)?)?;
         let gbps = weight_bytes * a.decode_tokens as f64 / s / 1e9;
         rows.push(EngineRow {
             model: label.clone(),
-            step: format!("decode batch {b}, {} tokens", a.decode_tokens),
+            step: format!(
+                "decode batch {b}, {} tokens{}{}",
+                a.decode_tokens,
+                if a.decode_context == 128 { String::new() } else { format!(" after {}", a.decode_context) },
+                if a.quant_policy == 0 { String::new() } else { format!(", kv int{}", a.quant_policy) }
+            ),
             seconds: s,
             tokens_per_second: (b * a.decode_tokens) as f64 / s,
             rate: gbps,
@@ -254,9 +265,10 @@ fn kernel_rows(m: &Llama<CpuBackend>, label: &str, ceiling: f64) -> Result<Vec<E
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
-    if a.batch.contains(&0) || a.decode_tokens == 0 || a.prefill_tokens == 0 {
-        return Err(Error::usage("--batch, --decode-tokens and --prefill-tokens must be > 0"));
+    if a.batch.contains(&0) || a.decode_tokens == 0 || a.prefill_tokens == 0 || a.decode_context == 0 {
+        return Err(Error::usage("--batch, --decode-tokens, --decode-context and --prefill-tokens must be > 0"));
     }
+    QuantPolicy::from_flag(a.quant_policy)?;
     let mut rows: Vec<EngineRow> = Vec::new();
     let mut mem: Vec<serde_json::Value> = Vec::new();
     let (bw, ceiling);
@@ -289,6 +301,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             let out = std::process::Command::new(&exe)
                 .args(["--json", "--quiet", "bench-engine", "--model", name, "--decode-tokens", &a.decode_tokens.to_string()])
                 .args(["--batch", &batch.join(","), "--prefill-tokens", &a.prefill_tokens.to_string()])
+                .args(["--quant-policy", &a.quant_policy.to_string(), "--decode-context", &a.decode_context.to_string()])
                 .args(["--bandwidth-gbps", &bw.to_string(), "--ceiling-gflops", &ceiling.to_string()])
                 .args(if a.dequantize { vec!["--dequantize"] } else { vec![] })
                 .args(if a.kernels { vec!["--kernels"] } else { vec![] })

@@ -20,9 +20,8 @@ use crate::engine::attention_cpu::{causal_attention, exp_neg, silu_mul_rows, Att
 use crate::engine::int4_cpu::{self, F16Matrix, PackedInt4};
 use crate::engine::q8_cpu::{self, Q8Matrix};
 use crate::engine::w4a8_cpu::{self, PackedW4A8};
-use crate::engine::kv_cache::{KvCache, SeqState};
+use crate::engine::kv_cache::{HeadBlock, KvCache, SeqState};
 use crate::engine::team::SendPtr;
-use std::borrow::Cow;
 use crate::engine::rope::Rope;
 use crate::error::{Error, Result};
 use crate::model::arch::{GlobalWeights, LayerWeights, Linear};
@@ -588,19 +587,19 @@ impl HostLlama {
 
 /// Softmax attention over one KV head: for each row (its key count `n_r` and its G query
 /// vectors `[G·D]`), `out = softmax(q·Kᵀ·scale)·V` over keys `0..n_r`; `out` is `[rows, G, D]`.
-/// `blocks` are the head's K (transposed, `[D][64]`) and V (`[64][D]`) per cache block
-/// ([`KvCache::head_blocks`]), read in place.
+/// `blocks` are the head's cache blocks ([`KvCache::head_blocks`]): f32 ones are read in place,
+/// int8 / int4 ones dequantized first into a scratch of `[D][64]` K and `[64][D]` V per block.
 ///
 /// A score block is 64 keys (one cache block) in vector lanes, each lane one chain over D (no
 /// horizontal sums); each score, the softmax sums (16 partial sums in key order) and the V
 /// accumulation (key order) depend only on the row's own keys: the same bits whatever else is
 /// in the step, and whichever copy runs. The AVX-512 copy takes the query vectors (the G heads
 /// of a row, then the next row's) four at a time, so each K and V element loaded serves four.
-fn attend_head(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
+fn attend_head(blocks: &[HeadBlock], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F was detected; the body is the same code (no FMA contraction: same bits).
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: AVX-512F/BW were detected; the body is the same code (no FMA contraction: same bits).
             return unsafe { attend_head_avx512(blocks, d, scale, rows, out) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -613,19 +612,51 @@ fn attend_head(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn attend_head_avx2(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
+unsafe fn attend_head_avx2(blocks: &[HeadBlock], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
     attend_head_body::<1>(blocks, d, scale, rows, out)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn attend_head_avx512(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn attend_head_avx512(blocks: &[HeadBlock], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
     attend_head_body::<4>(blocks, d, scale, rows, out)
+}
+
+/// The blocks as f32 `(K [D][64], V [64][D])` slices: borrowed, or dequantized into `scratch`
+/// (V only up to the `n` keys any row reads).
+#[inline(always)]
+fn f32_blocks<'a>(blocks: &'a [HeadBlock], d: usize, n: usize, scratch: &'a mut Vec<f32>) -> Vec<(&'a [f32], &'a [f32])> {
+    const B: usize = crate::engine::kv_cache::BLOCK_LEN;
+    if blocks.iter().all(|b| matches!(b, HeadBlock::F32 { .. })) {
+        return blocks.iter().map(|b| if let HeadBlock::F32 { kt, v } = b { (*kt, *v) } else { unreachable!() }).collect();
+    }
+    scratch.resize(blocks.len() * 2 * B * d, 0.0);
+    for (bi, (b, buf)) in blocks.iter().zip(scratch.chunks_exact_mut(2 * B * d)).enumerate() {
+        let (kt, v) = buf.split_at_mut(B * d);
+        b.dequantize(d, n.saturating_sub(bi * B).min(B), kt, v);
+    }
+    scratch.chunks_exact(2 * B * d).map(|buf| buf.split_at(B * d)).collect()
 }
 
 /// [`attend_head`] with up to `R` query vectors per pass (R x 64 accumulators in registers).
 #[inline(always)]
-fn attend_head_body<const R: usize>(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
+fn attend_head_body<const R: usize>(blocks: &[HeadBlock], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
+    let n = rows.iter().map(|r| r.0).max().unwrap_or(0);
+    // The thread's scratch, borrowed outside a closure so this stays in the caller's SIMD context.
+    let cell: *const std::cell::RefCell<Vec<f32>> = SCRATCH.with(|c| c as *const _);
+    // SAFETY: a thread-local lives as long as its thread, which is running this call.
+    let mut scratch = unsafe { &*cell }.borrow_mut();
+    let blocks = &f32_blocks(blocks, d, n, &mut scratch)[..];
+    attend_vectors::<R>(blocks, d, scale, rows, out)
+}
+
+thread_local! {
+    /// Dequantized K/V blocks of a quantized cache (grows to the longest sequence, then reused).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[inline(always)]
+fn attend_vectors<const R: usize>(blocks: &[(&[f32], &[f32])], d: usize, scale: f32, rows: &[(usize, &[f32])], out: &mut [f32]) {
     // Every query vector with its key count, in output order.
     let vecs: Vec<(usize, &[f32])> = rows.iter().flat_map(|&(nr, heads)| heads.chunks(d).map(move |q| (nr, q))).collect();
     let mut sc = vec![0f32; R * blocks.len() * crate::engine::kv_cache::BLOCK_LEN];
@@ -647,7 +678,7 @@ fn attend_head_body<const R: usize>(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usiz
 /// Attention of `R` query vectors `(key count, q [D])` into `out [R, D]`; `sc` is scratch for
 /// `R` rows of scores.
 #[inline(always)]
-fn attend_group<const R: usize>(blocks: &[(Cow<[f32]>, Cow<[f32]>)], d: usize, scale: f32, group: &[(usize, &[f32]); R], out: &mut [f32], sc: &mut [f32]) {
+fn attend_group<const R: usize>(blocks: &[(&[f32], &[f32])], d: usize, scale: f32, group: &[(usize, &[f32]); R], out: &mut [f32], sc: &mut [f32]) {
     const L: usize = 16;
     const B: usize = crate::engine::kv_cache::BLOCK_LEN;
     let np = blocks.len() * B;
@@ -736,17 +767,9 @@ mod tests {
     use super::*;
     use crate::engine::kv_cache::BLOCK_LEN as B;
 
-    /// K (transposed per block) and V blocks holding `n` random keys of `d` values, and the same
-    /// keys row-major for the reference.
-    #[allow(clippy::type_complexity)]
-    fn cache_blocks(n: usize, d: usize, seed: u64) -> (Vec<(Cow<'static, [f32]>, Cow<'static, [f32]>)>, Vec<f32>, Vec<f32>) {
-        let mut s = seed;
-        let mut next = move || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-        };
-        let (k, v): (Vec<f32>, Vec<f32>) = (0..n * d).map(|_| (next(), next())).unzip();
-        let blocks = (0..n.div_ceil(B))
+    /// K (transposed per block) and V blocks holding `n` keys `k`, `v` (`[n, d]` each).
+    fn f32_blocks_of(k: &[f32], v: &[f32], n: usize, d: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+        (0..n.div_ceil(B))
             .map(|b| {
                 let (mut kt, mut vb) = (vec![0f32; B * d], vec![0f32; B * d]);
                 for t in 0..B.min(n - b * B) {
@@ -755,10 +778,22 @@ mod tests {
                     }
                     vb[t * d..(t + 1) * d].copy_from_slice(&v[(b * B + t) * d..(b * B + t + 1) * d]);
                 }
-                (Cow::Owned(kt), Cow::Owned(vb))
+                (kt, vb)
             })
-            .collect();
-        (blocks, k, v)
+            .collect()
+    }
+
+    fn random_kv(n: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let mut s = seed;
+        let mut next = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        };
+        (0..n * d).map(|_| (next(), next())).unzip()
+    }
+
+    fn as_head_blocks(b: &[(Vec<f32>, Vec<f32>)]) -> Vec<HeadBlock<'_>> {
+        b.iter().map(|(kt, v)| HeadBlock::F32 { kt, v }).collect()
     }
 
     /// Grouping query vectors four, three, two at a time (the AVX-512 copy) gives each vector the
@@ -767,7 +802,9 @@ mod tests {
     #[test]
     fn grouped_attention_equals_one_vector_at_a_time_and_f64() {
         for (d, g, n_rows, n_keys) in [(64, 3, 5, 150), (48, 2, 7, 64), (64, 4, 3, 200), (128, 7, 2, 70)] {
-            let (blocks, k, v) = cache_blocks(n_keys, d, (d * g) as u64);
+            let (k, v) = random_kv(n_keys, d, (d * g) as u64);
+            let stored = f32_blocks_of(&k, &v, n_keys, d);
+            let blocks = as_head_blocks(&stored);
             let qv: Vec<f32> = (0..n_rows * g * d).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 2.0).collect();
             // Rows at consecutive positions ending at the last key.
             let rows: Vec<(usize, &[f32])> = (0..n_rows).map(|r| (n_keys - n_rows + 1 + r, &qv[r * g * d..(r + 1) * g * d])).collect();
@@ -789,6 +826,43 @@ mod tests {
                         assert!((got - want).abs() <= 1e-5 * 2.0, "d={d} row {r} head {h} c {c}: {got} vs {want}");
                     }
                 }
+            }
+        }
+    }
+
+    /// Attention over an int8 / int4 cache read as stored (dequantized per block inside the
+    /// attention copy) gives the bits of attention over the same cache read back in f32
+    /// ([`KvCache::read`], `dequantize_row`), for every copy and across block boundaries.
+    #[test]
+    fn quantized_cache_attention_equals_attention_over_its_dequantized_values() {
+        use crate::engine::kv_cache::{CacheLayout, QuantPolicy};
+        let (d, g, hkv, layers, n) = (64, 3, 2, 2, 150);
+        for policy in [QuantPolicy::Int8, QuantPolicy::Int4] {
+            let mut cache = KvCache::new(CacheLayout { layers, kv_heads: hkv, head_dim: d, policy }, 8);
+            let mut seq = SeqState::default();
+            let (k, v) = random_kv(n, hkv * d, 7);
+            for p in 0..n {
+                cache.reserve(&mut seq).unwrap();
+                seq.len += 1;
+                for li in 0..layers {
+                    cache.write(&seq, li, p, &k[p * hkv * d..(p + 1) * hkv * d], &v[p * hkv * d..(p + 1) * hkv * d]);
+                }
+            }
+            let qv: Vec<f32> = (0..4 * g * d).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 2.0).collect();
+            let rows: Vec<(usize, &[f32])> = (0..4).map(|r| (n - 40 + 13 * r, &qv[r * g * d..(r + 1) * g * d])).collect();
+            let scale = 1.0 / (d as f32).sqrt();
+            for (li, h) in [(0, 0), (1, 1)] {
+                let (mut kr, mut vr) = (Vec::new(), Vec::new());
+                cache.read(&seq, li, h, n, &mut kr, &mut vr);
+                let stored = f32_blocks_of(&kr, &vr, n, d);
+                let mut want = vec![0f32; 4 * g * d];
+                attend_head_body::<1>(&as_head_blocks(&stored), d, scale, &rows, &mut want);
+                let blocks = cache.head_blocks(&seq, li, h, n);
+                let mut got = vec![0f32; 4 * g * d];
+                attend_head(&blocks, d, scale, &rows, &mut got);
+                assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{policy:?} layer {li} head {h}: bits differ");
+                attend_head_body::<1>(&blocks, d, scale, &rows, &mut got);
+                assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{policy:?} portable copy: bits differ");
             }
         }
     }

@@ -2,9 +2,11 @@
 //! kernels' cache in device memory ([`crate::engine::gpu::DeviceKv`], same block rule and sizes;
 //! int4 packs 8 values per u32 there) behind the same block accounting.
 //!
-//! - Blocks hold `block_len` (64) tokens for **all layers**. Per layer a block stores K and V as
-//!   `[kv_head][token][head_dim]` plus, when quantized, one `(scale, zero)` f16 pair per
-//!   (kv_head, token) for K and for V.
+//! - Blocks hold `block_len` (64) tokens for **all layers**. Per layer a block stores V as
+//!   `[kv_head][token][head_dim]` and K transposed, `[kv_head][head_dim][token]` (attention reads
+//!   16 keys per vector lane), plus, when quantized, one `(scale, zero)` f16 pair per
+//!   (kv_head, token) for K and for V. Attention reads int8 / int4 blocks as stored and
+//!   dequantizes each block into an L1-resident scratch, so a quantized cache moves 4x / 8x fewer bytes.
 //! - `quant_policy`: 0 = the compute dtype (f32 on the CPU), 8 = int8, 4 = int4. Quantization is
 //!   online and per (token, KV head) over head_dim, asymmetric with a real-valued zero:
 //!   `lo = min, hi = max, scale = f16((hi - lo) / (2^b - 1)), zero = f16(lo)`,
@@ -16,7 +18,6 @@
 
 use crate::error::{Error, Result};
 use half::f16;
-use std::borrow::Cow;
 
 pub const BLOCK_LEN: usize = 64;
 
@@ -121,19 +122,86 @@ pub fn host_free_bytes() -> usize {
         .unwrap_or(1 << 30)
 }
 
-/// One block: per layer, K and V values `[kv_head][token][head_dim]` and params `[kv_head][token]`;
-/// f32 K (policy 0) is stored transposed, `[kv_head][head_dim][token]`, the layout the CPU
-/// attention reads 16 keys per vector from (see [`KvCache::head_blocks`]).
+/// One block: per layer, K and V values `[kv_head][token][head_dim]` and params `[kv_head][token]`.
+/// K is stored transposed, `[kv_head][head_dim][token]`, the layout the CPU attention reads 16 keys
+/// per vector from (see [`HeadBlock`]): f32 values (policy 0), one int8 code per byte, or int4
+/// codes two per byte (K: tokens i and i + 32 in the low and high nibble of byte i of a head-dim
+/// row; V: elements i and i + head_dim/2 of a row, see [`pack4`]).
 struct Block {
     /// f32 values (policy 0).
     kf: Vec<f32>,
     vf: Vec<f32>,
-    /// Codes, one per byte before packing (int8), or two per byte (int4, low nibble first).
+    /// Codes: one per byte (int8), or two per byte (int4).
     kq: Vec<u8>,
     vq: Vec<u8>,
-    /// (scale, zero) per (layer, kv_head, token).
-    kp: Vec<(f16, f16)>,
-    vp: Vec<(f16, f16)>,
+    /// Scale and zero per (layer, kv_head, token), each array contiguous over the block's tokens
+    /// so attention converts 64 of them at once.
+    ks: Vec<f16>,
+    kz: Vec<f16>,
+    vs: Vec<f16>,
+    vz: Vec<f16>,
+}
+
+/// One cache block of one (layer, KV head), as stored: what attention reads. Keys `0..64` of
+/// the block; positions past the sequence's length hold stale (finite) values.
+pub enum HeadBlock<'a> {
+    /// K transposed `[head_dim][64]`, V `[64][head_dim]`.
+    F32 { kt: &'a [f32], v: &'a [f32] },
+    /// Codes of `bits` (8 or 4) in the [`Block`] layout, and `(scale, zero)` per token.
+    Quant { bits: u32, kt: &'a [u8], v: &'a [u8], ks: &'a [f16], kz: &'a [f16], vs: &'a [f16], vz: &'a [f16] },
+}
+
+impl HeadBlock<'_> {
+    /// Dequantize keys `0..64` of K into `kt [head_dim][64]` and tokens `0..n` of V into
+    /// `v [n][head_dim]`, `x = q·scale + zero` in f32 (the bits of [`dequantize_row`]). Inlined
+    /// into the caller's SIMD context (attention's per-ISA copies), where the loops vectorize.
+    #[inline(always)]
+    pub fn dequantize(&self, d: usize, n: usize, kt_out: &mut [f32], v_out: &mut [f32]) {
+        let HeadBlock::Quant { bits, kt, v, ks, kz, vs, vz } = self else {
+            unreachable!("dequantize: an f32 block is read in place")
+        };
+        let mut p = [[0f32; BLOCK_LEN]; 4];
+        for (dst, src) in p.iter_mut().zip([ks, kz, vs, vz]) {
+            half::slice::HalfFloatSliceExt::convert_to_f32_slice(&src[..BLOCK_LEN], dst);
+        }
+        let [s, z, sv, zv] = &p;
+        if *bits == 8 {
+            for (o, q) in kt_out.chunks_exact_mut(BLOCK_LEN).zip(kt.chunks_exact(BLOCK_LEN)).take(d) {
+                for l in 0..BLOCK_LEN {
+                    o[l] = q[l] as f32 * s[l] + z[l];
+                }
+            }
+            for (t, (o, q)) in v_out.chunks_exact_mut(d).zip(v.chunks_exact(d)).take(n).enumerate() {
+                let (s, z) = (sv[t], zv[t]);
+                for (o, &c) in o.iter_mut().zip(q) {
+                    *o = c as f32 * s + z;
+                }
+            }
+        } else {
+            const H: usize = BLOCK_LEN / 2;
+            for (o, q) in kt_out.chunks_exact_mut(BLOCK_LEN).zip(kt.chunks_exact(H)).take(d) {
+                // One output stream per loop: two interleaved ones do not vectorize.
+                let (lo, hi) = o.split_at_mut(H);
+                for i in 0..H {
+                    lo[i] = (q[i] & 15) as f32 * s[i] + z[i];
+                }
+                for i in 0..H {
+                    hi[i] = (q[i] >> 4) as f32 * s[H + i] + z[H + i];
+                }
+            }
+            let h = d / 2;
+            for (t, (o, q)) in v_out.chunks_exact_mut(d).zip(v.chunks_exact(h)).take(n).enumerate() {
+                let (lo, hi) = o.split_at_mut(h);
+                let (s, z) = (sv[t], zv[t]);
+                for (o, &b) in lo.iter_mut().zip(q) {
+                    *o = (b & 15) as f32 * s + z;
+                }
+                for (o, &b) in hi.iter_mut().zip(q) {
+                    *o = (b >> 4) as f32 * s + z;
+                }
+            }
+        }
+    }
 }
 
 /// The block pool and block tables of the sequences using it.
@@ -195,12 +263,15 @@ impl KvCache {
         let l = self.layout;
         let n = l.layers * self.per_layer_values();
         let np = l.layers * l.kv_heads * BLOCK_LEN;
-        let zero = (f16::ZERO, f16::ZERO);
-        match l.policy {
-            QuantPolicy::None => Block { kf: vec![0.0; n], vf: vec![0.0; n], kq: vec![], vq: vec![], kp: vec![], vp: vec![] },
-            QuantPolicy::Int8 => Block { kf: vec![], vf: vec![], kq: vec![0; n], vq: vec![0; n], kp: vec![zero; np], vp: vec![zero; np] },
-            QuantPolicy::Int4 => Block { kf: vec![], vf: vec![], kq: vec![0; n / 2], vq: vec![0; n / 2], kp: vec![zero; np], vp: vec![zero; np] },
-        }
+        let (codes, params) = match l.policy {
+            QuantPolicy::None => {
+                return Block { kf: vec![0.0; n], vf: vec![0.0; n], kq: vec![], vq: vec![], ks: vec![], kz: vec![], vs: vec![], vz: vec![] }
+            }
+            QuantPolicy::Int8 => (n, np),
+            QuantPolicy::Int4 => (n / 2, np),
+        };
+        let p = vec![f16::ZERO; params];
+        Block { kf: vec![], vf: vec![], kq: vec![0; codes], vq: vec![0; codes], ks: p.clone(), kz: p.clone(), vs: p.clone(), vz: p }
     }
 
     /// The most blocks this cache can hand out (the budget, and on the device what was allocated).
@@ -267,72 +338,68 @@ impl KvCache {
         let b = &mut self.blocks[seq.blocks[pos / BLOCK_LEN]];
         let t = pos % BLOCK_LEN;
         for h in 0..l.kv_heads {
+            // V row (and int8/int4 V codes) at [h][t][..]; K column at [h][..][t].
             let off = layer * pv + (h * BLOCK_LEN + t) * d;
+            let kt = layer * pv + h * BLOCK_LEN * d;
             let pidx = (layer * l.kv_heads + h) * BLOCK_LEN + t;
             let (kr, vr) = (&k[h * d..(h + 1) * d], &v[h * d..(h + 1) * d]);
-            match l.policy {
-                QuantPolicy::None => {
-                    let kt = layer * pv + h * BLOCK_LEN * d + t;
-                    for (c, &x) in kr.iter().enumerate() {
-                        b.kf[kt + c * BLOCK_LEN] = x;
-                    }
-                    b.vf[off..off + d].copy_from_slice(vr);
+            let Some(bits) = l.policy.bits() else {
+                for (c, &x) in kr.iter().enumerate() {
+                    b.kf[kt + t + c * BLOCK_LEN] = x;
                 }
-                QuantPolicy::Int8 => {
-                    let (q, s, z) = quantize_row(kr, 8);
-                    b.kq[off..off + d].copy_from_slice(&q);
-                    b.kp[pidx] = (s, z);
-                    let (q, s, z) = quantize_row(vr, 8);
-                    b.vq[off..off + d].copy_from_slice(&q);
-                    b.vp[pidx] = (s, z);
+                b.vf[off..off + d].copy_from_slice(vr);
+                continue;
+            };
+            let (q, s, z) = quantize_row(kr, bits);
+            (b.ks[pidx], b.kz[pidx]) = (s, z);
+            if bits == 8 {
+                for (c, &x) in q.iter().enumerate() {
+                    b.kq[kt + t + c * BLOCK_LEN] = x;
                 }
-                QuantPolicy::Int4 => {
-                    let (q, s, z) = quantize_row(kr, 4);
-                    pack4(&mut b.kq[off / 2..(off + d) / 2], &q);
-                    b.kp[pidx] = (s, z);
-                    let (q, s, z) = quantize_row(vr, 4);
-                    pack4(&mut b.vq[off / 2..(off + d) / 2], &q);
-                    b.vp[pidx] = (s, z);
+            } else {
+                let shift = 4 * (t / (BLOCK_LEN / 2));
+                for (c, &x) in q.iter().enumerate() {
+                    let byte = &mut b.kq[(kt + c * BLOCK_LEN) / 2 + t % (BLOCK_LEN / 2)];
+                    *byte = (*byte & !(15 << shift)) | ((x & 15) << shift);
                 }
+            }
+            let (q, s, z) = quantize_row(vr, bits);
+            (b.vs[pidx], b.vz[pidx]) = (s, z);
+            if bits == 8 {
+                b.vq[off..off + d].copy_from_slice(&q);
+            } else {
+                pack4(&mut b.vq[off / 2..(off + d) / 2], &q);
             }
         }
     }
 
-    /// K and V of (layer, kv head) for positions `0..n`, one entry per block of [`BLOCK_LEN`]
-    /// positions: K transposed `[head_dim][BLOCK_LEN]`, V `[BLOCK_LEN][head_dim]`. The f32 cache
-    /// lends its own memory; quantized caches are dequantized into new buffers. Positions past
-    /// `n` in the last block hold stale values. Host caches only.
-    pub fn head_blocks(&self, seq: &SeqState, layer: usize, head: usize, n: usize) -> Vec<(Cow<'_, [f32]>, Cow<'_, [f32]>)> {
+    /// K and V of (layer, kv head) for positions `0..n`, one [`HeadBlock`] per block of
+    /// [`BLOCK_LEN`] positions, borrowed from the cache as stored. Host caches only.
+    pub fn head_blocks(&self, seq: &SeqState, layer: usize, head: usize, n: usize) -> Vec<HeadBlock<'_>> {
         let l = self.layout;
-        let d = l.head_dim;
-        let pv = self.per_layer_values();
-        let span = BLOCK_LEN * d;
-        (0..n.div_ceil(BLOCK_LEN))
-            .map(|bi| {
-                let b = &self.blocks[seq.blocks[bi]];
-                let base = layer * pv + head * span;
-                if l.policy == QuantPolicy::None {
-                    return (Cow::Borrowed(&b.kf[base..base + span]), Cow::Borrowed(&b.vf[base..base + span]));
-                }
-                let (mut kt, mut v) = (vec![0f32; span], vec![0f32; span]);
-                let (mut kr, mut codes) = (vec![0f32; d], vec![0u8; d]);
-                for t in 0..BLOCK_LEN.min(n - bi * BLOCK_LEN) {
-                    let (off, pidx) = (base + t * d, (layer * l.kv_heads + head) * BLOCK_LEN + t);
-                    let vo = &mut v[t * d..(t + 1) * d];
-                    if l.policy == QuantPolicy::Int8 {
-                        dequantize_row(&b.kq[off..off + d], b.kp[pidx].0, b.kp[pidx].1, &mut kr);
-                        dequantize_row(&b.vq[off..off + d], b.vp[pidx].0, b.vp[pidx].1, vo);
-                    } else {
-                        unpack4(&b.kq[off / 2..(off + d) / 2], &mut codes);
-                        dequantize_row(&codes, b.kp[pidx].0, b.kp[pidx].1, &mut kr);
-                        unpack4(&b.vq[off / 2..(off + d) / 2], &mut codes);
-                        dequantize_row(&codes, b.vp[pidx].0, b.vp[pidx].1, vo);
-                    }
-                    for (c, &x) in kr.iter().enumerate() {
-                        kt[c * BLOCK_LEN + t] = x;
+        let span = BLOCK_LEN * l.head_dim;
+        let base = layer * self.per_layer_values() + head * span;
+        let p = (layer * l.kv_heads + head) * BLOCK_LEN;
+        seq.blocks[..n.div_ceil(BLOCK_LEN)]
+            .iter()
+            .map(|&bi| {
+                let b = &self.blocks[bi];
+                match l.policy.bits() {
+                    None => HeadBlock::F32 { kt: &b.kf[base..base + span], v: &b.vf[base..base + span] },
+                    Some(bits) => {
+                        let (c0, c1) = (base * bits as usize / 8, (base + span) * bits as usize / 8);
+                        let pr = p..p + BLOCK_LEN;
+                        HeadBlock::Quant {
+                            bits,
+                            kt: &b.kq[c0..c1],
+                            v: &b.vq[c0..c1],
+                            ks: &b.ks[pr.clone()],
+                            kz: &b.kz[pr.clone()],
+                            vs: &b.vs[pr.clone()],
+                            vz: &b.vz[pr],
+                        }
                     }
                 }
-                (Cow::Owned(kt), Cow::Owned(v))
             })
             .collect()
     }
@@ -352,23 +419,25 @@ impl KvCache {
             let off = layer * pv + (head * BLOCK_LEN + t) * d;
             let pidx = (layer * l.kv_heads + head) * BLOCK_LEN + t;
             let (ko, vo) = (&mut k_out[pos * d..(pos + 1) * d], &mut v_out[pos * d..(pos + 1) * d]);
+            let kt = layer * pv + head * BLOCK_LEN * d + t;
             match l.policy {
                 QuantPolicy::None => {
-                    let kt = layer * pv + head * BLOCK_LEN * d + t;
                     for (c, o) in ko.iter_mut().enumerate() {
                         *o = b.kf[kt + c * BLOCK_LEN];
                     }
                     vo.copy_from_slice(&b.vf[off..off + d]);
                 }
                 QuantPolicy::Int8 => {
-                    dequantize_row(&b.kq[off..off + d], b.kp[pidx].0, b.kp[pidx].1, ko);
-                    dequantize_row(&b.vq[off..off + d], b.vp[pidx].0, b.vp[pidx].1, vo);
+                    codes.iter_mut().enumerate().for_each(|(c, q)| *q = b.kq[kt + c * BLOCK_LEN]);
+                    dequantize_row(&codes, b.ks[pidx], b.kz[pidx], ko);
+                    dequantize_row(&b.vq[off..off + d], b.vs[pidx], b.vz[pidx], vo);
                 }
                 QuantPolicy::Int4 => {
-                    unpack4(&b.kq[off / 2..(off + d) / 2], &mut codes);
-                    dequantize_row(&codes, b.kp[pidx].0, b.kp[pidx].1, ko);
+                    let (byte, shift) = ((kt - t) / 2 + t % (BLOCK_LEN / 2), 4 * (t / (BLOCK_LEN / 2)));
+                    codes.iter_mut().enumerate().for_each(|(c, q)| *q = (b.kq[byte + c * BLOCK_LEN / 2] >> shift) & 15);
+                    dequantize_row(&codes, b.ks[pidx], b.kz[pidx], ko);
                     unpack4(&b.vq[off / 2..(off + d) / 2], &mut codes);
-                    dequantize_row(&codes, b.vp[pidx].0, b.vp[pidx].1, vo);
+                    dequantize_row(&codes, b.vs[pidx], b.vz[pidx], vo);
                 }
             }
         }
@@ -383,17 +452,20 @@ impl KvCache {
     }
 }
 
-/// Two 4-bit codes per byte, low nibble first (element 2i in the low nibble of byte i).
+/// Two 4-bit codes per byte, halves apart: byte i holds element i (low nibble) and element
+/// i + n/2 (high nibble), so unpacking is two contiguous streams (vectorizes without shuffles).
 fn pack4(dst: &mut [u8], q: &[u8]) {
+    let h = dst.len();
     for (i, b) in dst.iter_mut().enumerate() {
-        *b = (q[2 * i] & 15) | ((q[2 * i + 1] & 15) << 4);
+        *b = (q[i] & 15) | ((q[h + i] & 15) << 4);
     }
 }
 
 fn unpack4(src: &[u8], q: &mut [u8]) {
+    let h = src.len();
     for (i, &b) in src.iter().enumerate() {
-        q[2 * i] = b & 15;
-        q[2 * i + 1] = b >> 4;
+        q[i] = b & 15;
+        q[h + i] = b >> 4;
     }
 }
 
