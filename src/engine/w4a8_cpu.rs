@@ -284,17 +284,45 @@ impl Q8Rows {
     }
 }
 
+/// max |x| of one quantization block on the bit patterns (ordered like the values for non-NaN
+/// floats). The portable reduction; LLVM leaves it a scalar chain, hence [`amax_avx2`].
+#[inline(always)]
+fn amax_bits(xs: &[f32]) -> f32 {
+    f32::from_bits(xs.iter().fold(0u32, |a, v| a.max(v.to_bits() & 0x7FFF_FFFF)))
+}
+
+/// [`amax_bits`] with 8-lane `vmaxps` on |x| (the same value for non-NaN inputs: max is exact).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn amax_avx2(xs: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let mut m = _mm256_setzero_ps();
+    let mut ch = xs.chunks_exact(8);
+    for c in &mut ch {
+        m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(c.as_ptr()), mask));
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+    let a = lanes.into_iter().fold(0f32, |a, b| if b > a { b } else { a });
+    a.max(amax_bits(ch.remainder()))
+}
+
 /// One row: `x [K]` into `x8`, `dx`, `cz` (module comment: arithmetic).
 #[inline(always)]
 fn quantize_row_body(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize) {
+    quantize_row_with(x, x8, dx, cz, bsum, group, amax_bits)
+}
+
+#[inline(always)]
+fn quantize_row_with(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize, amax_of: impl Fn(&[f32]) -> f32) {
     let nb = group / QB;
     for (gi, czg) in cz.iter_mut().enumerate() {
         let mut c = 0f32;
         for b in gi * nb..(gi + 1) * nb {
             let xs = &x[b * QB..(b + 1) * QB];
-            // max |x| on the bit patterns (ordered like the values for non-NaN floats;
-            // vectorizes without NaN fix-ups).
-            let amax = f32::from_bits(xs.iter().fold(0u32, |a, v| a.max(v.to_bits() & 0x7FFF_FFFF)));
+            let amax = amax_of(xs);
             let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
             let mut sum = 0i32;
             for (q, &v) in x8[b * QB..(b + 1) * QB].iter_mut().zip(xs) {
@@ -315,7 +343,8 @@ fn quantize_row_body(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], b
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_row_avx2(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize) {
-    quantize_row_body(x, x8, dx, cz, bsum, group)
+    // SAFETY: this copy runs only where AVX2 was detected.
+    quantize_row_with(x, x8, dx, cz, bsum, group, |xs| unsafe { amax_avx2(xs) })
 }
 
 /// Quantize `x [M, K]` for weights of group size `group` (a multiple of 32 dividing K).
