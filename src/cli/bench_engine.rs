@@ -193,8 +193,9 @@ fn measure(name: &str, a: &Args, ceiling: f64, bw: f64) -> Result<(Vec<EngineRow
     }
     let gf = a.prefill_tokens as f64 * forward_flops_per_token(c, a.prefill_tokens) / best / 1e9;
     rows.push(EngineRow { model: label.clone(), step: format!("prefill {}", a.prefill_tokens), seconds: best, tokens_per_second: a.prefill_tokens as f64 / best, rate: gf, unit: "GFLOP/s", of_ceiling: gf / ceiling });
+    let policy = QuantPolicy::from_flag(a.quant_policy)?;
     for &b in &a.batch {
-        let s = decode_batch(m, b, a.decode_context, a.decode_tokens, QuantPolicy::from_flag(a.quant_policy)?)?;
+        let s = decode_batch(m, b, a.decode_context, a.decode_tokens, policy)?;
         let gbps = weight_bytes * a.decode_tokens as f64 / s / 1e9;
         rows.push(EngineRow {
             model: label.clone(),

@@ -627,8 +627,8 @@ unsafe fn attend_head_avx512(blocks: &[HeadBlock], d: usize, scale: f32, rows: &
 #[inline(always)]
 fn f32_blocks<'a>(blocks: &'a [HeadBlock], d: usize, n: usize, scratch: &'a mut Vec<f32>) -> Vec<(&'a [f32], &'a [f32])> {
     const B: usize = crate::engine::kv_cache::BLOCK_LEN;
-    if blocks.iter().all(|b| matches!(b, HeadBlock::F32 { .. })) {
-        return blocks.iter().map(|b| if let HeadBlock::F32 { kt, v } = b { (*kt, *v) } else { unreachable!() }).collect();
+    if let Some(f32_blocks) = blocks.iter().map(HeadBlock::as_f32).collect() {
+        return f32_blocks;
     }
     scratch.resize(blocks.len() * 2 * B * d, 0.0);
     for (bi, (b, buf)) in blocks.iter().zip(scratch.chunks_exact_mut(2 * B * d)).enumerate() {
@@ -831,8 +831,8 @@ mod tests {
     }
 
     /// Attention over an int8 / int4 cache read as stored (dequantized per block inside the
-    /// attention copy) gives the bits of attention over the same cache read back in f32
-    /// ([`KvCache::read`], `dequantize_row`), for every copy and across block boundaries.
+    /// attention copy, from the thread's scratch) gives the bits of attention over the same cache
+    /// read back in f32 ([`KvCache::read`]), for every copy and across block boundaries.
     #[test]
     fn quantized_cache_attention_equals_attention_over_its_dequantized_values() {
         use crate::engine::kv_cache::{CacheLayout, QuantPolicy};

@@ -6,7 +6,8 @@
 //!   `[kv_head][token][head_dim]` and K transposed, `[kv_head][head_dim][token]` (attention reads
 //!   16 keys per vector lane), plus, when quantized, one `(scale, zero)` f16 pair per
 //!   (kv_head, token) for K and for V. Attention reads int8 / int4 blocks as stored and
-//!   dequantizes each block into an L1-resident scratch, so a quantized cache moves 4x / 8x fewer bytes.
+//!   dequantizes each block into a per-thread scratch, so a quantized cache moves 4x / 8x fewer
+//!   bytes.
 //! - `quant_policy`: 0 = the compute dtype (f32 on the CPU), 8 = int8, 4 = int4. Quantization is
 //!   online and per (token, KV head) over head_dim, asymmetric with a real-valued zero:
 //!   `lo = min, hi = max, scale = f16((hi - lo) / (2^b - 1)), zero = f16(lo)`,
@@ -122,8 +123,8 @@ pub fn host_free_bytes() -> usize {
         .unwrap_or(1 << 30)
 }
 
-/// One block: per layer, K and V values `[kv_head][token][head_dim]` and params `[kv_head][token]`.
-/// K is stored transposed, `[kv_head][head_dim][token]`, the layout the CPU attention reads 16 keys
+/// One block: per layer, V values `[kv_head][token][head_dim]`, params `[kv_head][token]`, and K
+/// stored transposed, `[kv_head][head_dim][token]`, the layout the CPU attention reads 16 keys
 /// per vector from (see [`HeadBlock`]): f32 values (policy 0), one int8 code per byte, or int4
 /// codes two per byte (K: tokens i and i + 32 in the low and high nibble of byte i of a head-dim
 /// row; V: elements i and i + head_dim/2 of a row, see [`pack4`]).
@@ -151,7 +152,15 @@ pub enum HeadBlock<'a> {
     Quant { bits: u32, kt: &'a [u8], v: &'a [u8], ks: &'a [f16], kz: &'a [f16], vs: &'a [f16], vz: &'a [f16] },
 }
 
-impl HeadBlock<'_> {
+impl<'a> HeadBlock<'a> {
+    /// K `[head_dim][64]` and V `[64][head_dim]` of an f32 block, read in place; `None` when quantized.
+    pub fn as_f32(&self) -> Option<(&'a [f32], &'a [f32])> {
+        match *self {
+            HeadBlock::F32 { kt, v } => Some((kt, v)),
+            HeadBlock::Quant { .. } => None,
+        }
+    }
+
     /// Dequantize keys `0..64` of K into `kt [head_dim][64]` and tokens `0..n` of V into
     /// `v [n][head_dim]`, `x = q·scale + zero` in f32 (the bits of [`dequantize_row`]). Inlined
     /// into the caller's SIMD context (attention's per-ISA copies), where the loops vectorize.
@@ -263,14 +272,14 @@ impl KvCache {
         let l = self.layout;
         let n = l.layers * self.per_layer_values();
         let np = l.layers * l.kv_heads * BLOCK_LEN;
-        let (codes, params) = match l.policy {
+        let codes = match l.policy {
             QuantPolicy::None => {
                 return Block { kf: vec![0.0; n], vf: vec![0.0; n], kq: vec![], vq: vec![], ks: vec![], kz: vec![], vs: vec![], vz: vec![] }
             }
-            QuantPolicy::Int8 => (n, np),
-            QuantPolicy::Int4 => (n / 2, np),
+            QuantPolicy::Int8 => n,
+            QuantPolicy::Int4 => n / 2,
         };
-        let p = vec![f16::ZERO; params];
+        let p = vec![f16::ZERO; np];
         Block { kf: vec![], vf: vec![], kq: vec![0; codes], vq: vec![0; codes], ks: p.clone(), kz: p.clone(), vs: p.clone(), vz: p }
     }
 
@@ -404,41 +413,29 @@ impl KvCache {
             .collect()
     }
 
-    /// Read back K and V of (layer, kv head) for positions `0..n` into `[n, head_dim]` buffers.
+    /// Read back K and V of (layer, kv head) for positions `0..n` into `[n, head_dim]` buffers,
+    /// through the blocks attention reads ([`Self::head_blocks`], [`HeadBlock::dequantize`]).
     /// Host caches only.
     pub fn read(&self, seq: &SeqState, layer: usize, head: usize, n: usize, k_out: &mut Vec<f32>, v_out: &mut Vec<f32>) {
-        let l = self.layout;
-        let d = l.head_dim;
-        let pv = self.per_layer_values();
+        let d = self.layout.head_dim;
         k_out.resize(n * d, 0.0);
         v_out.resize(n * d, 0.0);
-        let mut codes = vec![0u8; d];
-        for pos in 0..n {
-            let b = &self.blocks[seq.blocks[pos / BLOCK_LEN]];
-            let t = pos % BLOCK_LEN;
-            let off = layer * pv + (head * BLOCK_LEN + t) * d;
-            let pidx = (layer * l.kv_heads + head) * BLOCK_LEN + t;
-            let (ko, vo) = (&mut k_out[pos * d..(pos + 1) * d], &mut v_out[pos * d..(pos + 1) * d]);
-            let kt = layer * pv + head * BLOCK_LEN * d + t;
-            match l.policy {
-                QuantPolicy::None => {
-                    for (c, o) in ko.iter_mut().enumerate() {
-                        *o = b.kf[kt + c * BLOCK_LEN];
-                    }
-                    vo.copy_from_slice(&b.vf[off..off + d]);
+        let (mut kbuf, mut vbuf) = (vec![0f32; BLOCK_LEN * d], vec![0f32; BLOCK_LEN * d]);
+        for (bi, b) in self.head_blocks(seq, layer, head, n).iter().enumerate() {
+            let nt = (n - bi * BLOCK_LEN).min(BLOCK_LEN);
+            let (kt, v) = match b.as_f32() {
+                Some(kv) => kv,
+                None => {
+                    b.dequantize(d, nt, &mut kbuf, &mut vbuf);
+                    (&kbuf[..], &vbuf[..])
                 }
-                QuantPolicy::Int8 => {
-                    codes.iter_mut().enumerate().for_each(|(c, q)| *q = b.kq[kt + c * BLOCK_LEN]);
-                    dequantize_row(&codes, b.ks[pidx], b.kz[pidx], ko);
-                    dequantize_row(&b.vq[off..off + d], b.vs[pidx], b.vz[pidx], vo);
+            };
+            for t in 0..nt {
+                let pos = bi * BLOCK_LEN + t;
+                for c in 0..d {
+                    k_out[pos * d + c] = kt[c * BLOCK_LEN + t];
                 }
-                QuantPolicy::Int4 => {
-                    let (byte, shift) = ((kt - t) / 2 + t % (BLOCK_LEN / 2), 4 * (t / (BLOCK_LEN / 2)));
-                    codes.iter_mut().enumerate().for_each(|(c, q)| *q = (b.kq[byte + c * BLOCK_LEN / 2] >> shift) & 15);
-                    dequantize_row(&codes, b.ks[pidx], b.kz[pidx], ko);
-                    unpack4(&b.vq[off / 2..(off + d) / 2], &mut codes);
-                    dequantize_row(&codes, b.vs[pidx], b.vz[pidx], vo);
-                }
+                v_out[pos * d..(pos + 1) * d].copy_from_slice(&v[t * d..(t + 1) * d]);
             }
         }
     }
@@ -458,14 +455,6 @@ fn pack4(dst: &mut [u8], q: &[u8]) {
     let h = dst.len();
     for (i, b) in dst.iter_mut().enumerate() {
         *b = (q[i] & 15) | ((q[h + i] & 15) << 4);
-    }
-}
-
-fn unpack4(src: &[u8], q: &mut [u8]) {
-    let h = src.len();
-    for (i, &b) in src.iter().enumerate() {
-        q[i] = b & 15;
-        q[h + i] = b >> 4;
     }
 }
 

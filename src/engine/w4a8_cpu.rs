@@ -309,14 +309,10 @@ unsafe fn amax_avx2(xs: &[f32]) -> f32 {
     a.max(amax_bits(ch.remainder()))
 }
 
-/// One row: `x [K]` into `x8`, `dx`, `cz` (module comment: arithmetic).
+/// One row: `x [K]` into `x8`, `dx`, `cz` (module comment: arithmetic); `amax_of` is
+/// [`amax_bits`] or a SIMD copy of it.
 #[inline(always)]
-fn quantize_row_body(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize) {
-    quantize_row_with(x, x8, dx, cz, bsum, group, amax_bits)
-}
-
-#[inline(always)]
-fn quantize_row_with(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize, amax_of: impl Fn(&[f32]) -> f32) {
+fn quantize_row_body(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize, amax_of: impl Fn(&[f32]) -> f32) {
     let nb = group / QB;
     for (gi, czg) in cz.iter_mut().enumerate() {
         let mut c = 0f32;
@@ -344,7 +340,7 @@ fn quantize_row_with(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], b
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_row_avx2(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize) {
     // SAFETY: this copy runs only where AVX2 was detected.
-    quantize_row_with(x, x8, dx, cz, bsum, group, |xs| unsafe { amax_avx2(xs) })
+    quantize_row_body(x, x8, dx, cz, bsum, group, |xs| unsafe { amax_avx2(xs) })
 }
 
 /// Quantize `x [M, K]` for weights of group size `group` (a multiple of 32 dividing K).
@@ -360,7 +356,7 @@ pub fn quantize_rows(x: &[f32], m: usize, k: usize, group: usize) -> Q8Rows {
             return unsafe { quantize_row_avx2(xr, x8r, dxr, czr, bs, group) };
         }
         let _ = simd;
-        quantize_row_body(xr, x8r, dxr, czr, bs, group)
+        quantize_row_body(xr, x8r, dxr, czr, bs, group, amax_bits)
     };
     if k > 0 {
         if m >= 8 {
