@@ -159,6 +159,7 @@ fn options(mode: Mode, clip: bool, batch_size: usize) -> QuantizeOptions {
         search_scale: false,
         batch_size,
         n_grid: 20,
+        gptq: None,
         spill: Default::default(),
     }
 }
@@ -288,5 +289,55 @@ fn activations_spilled_to_disk_give_the_same_model() {
         assert_eq!(alphas(a), alphas(b), "layer {}", a.layer);
     }
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "spill files left in {}", dir.display());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn gptq_keeps_awqs_parameters_lowers_the_calibration_loss_and_is_deterministic() {
+    // --gptq: the same search, clip and (scale, zero) as plain AWQ, only the codes change; every
+    // linear's calibration loss is at most plain rounding's; the codes do not depend on the
+    // thread count, on spilling, or on resuming from a saved layer (which recomputes the pass).
+    use awqc::quant::chunks::SpillPolicy;
+    use awqc::quant::resume::JobState;
+    let c = synth::config(Arch::Llama, 128, 256, 2, 4, 2, 64, true);
+    let src = MemSource { globals: synth::globals(&c, 7), layers: (0..2).map(|i| synth::layer(&c, 7, i)).collect(), config: c.clone() };
+    let mut r = SplitMix(29);
+    let blocks: Vec<Vec<u32>> = (0..6).map(|_| (0..32).map(|_| (r.next_u64() % 64) as u32).collect()).collect();
+    let go = |gptq: Option<f64>, spill: SpillPolicy, resume: Option<(&JobState, usize)>| {
+        let opts = QuantizeOptions { gptq, spill, ..options(Mode::Awq, true, 2) };
+        let mut sink = CollectSink::default();
+        let rep = quantize::<B>(&src, &blocks, &opts, &mut sink, &Default::default(), resume, |_| {}).unwrap();
+        (sink.model.unwrap(), rep)
+    };
+    let (awq, _) = go(None, SpillPolicy::in_memory(), None);
+    let (g, rep) = go(Some(0.01), SpillPolicy::in_memory(), None);
+    let mut changed = 0;
+    for (a, b) in awq.layers.iter().zip(&g.layers) {
+        for (la, lb) in [(&a.q, &b.q), (&a.k, &b.k), (&a.v, &b.v), (&a.o, &b.o), (&a.gate, &b.gate), (&a.up, &b.up), (&a.down, &b.down)] {
+            assert_eq!((&la.scales, &la.zeros, &la.bias), (&lb.scales, &lb.zeros, &lb.bias));
+            changed += la.q.iter().zip(&lb.q).filter(|(x, y)| x != y).count();
+        }
+    }
+    assert!(changed > 0, "GPTQ changed no code");
+    for l in &rep.layers {
+        assert_eq!(l.gptq.len(), 7, "layer {}", l.layer);
+        for r in &l.gptq {
+            assert!(r.loss_gptq.is_finite() && r.loss_gptq <= r.loss_rtn, "layer {} {}: {} > {}", l.layer, r.linear, r.loss_gptq, r.loss_rtn);
+        }
+    }
+    assert!(rep.timings.gptq > 0.0);
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| go(Some(0.01), SpillPolicy::in_memory(), None).0);
+    assert!(one.layers == g.layers, "GPTQ codes depend on the thread count");
+    let dir = std::env::temp_dir().join(format!("awqc-gptq-test-{}", std::process::id()));
+    let spilled = go(Some(0.01), SpillPolicy::spill_to(dir.join("spill"), 1).unwrap(), None).0;
+    assert!(spilled.layers == g.layers, "spilling changed the GPTQ codes");
+    // Resume: save every layer, then replay layer 0 from the state and compute layer 1 again.
+    let (st, done) = JobState::open(&dir.join("state"), "gptq-test", true).unwrap();
+    assert_eq!(done, 0);
+    let first = go(Some(0.01), SpillPolicy::in_memory(), Some((&st, 0))).0;
+    let resumed = go(Some(0.01), SpillPolicy::in_memory(), Some((&st, 1)));
+    assert!(first.layers == g.layers && resumed.0.layers == g.layers, "resuming changed the GPTQ codes");
+    assert!(resumed.1.layers[0].resumed && resumed.1.layers[0].gptq.len() == 7);
+    st.finish().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -210,6 +210,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             search_scale: false,
             batch_size: 1,
             n_grid: 20,
+            gptq: None,
             spill: Default::default(),
         };
         let out = std::env::temp_dir().join(format!("awqc-bench-{}", std::process::id()));

@@ -41,6 +41,15 @@ pub struct Args {
     /// Skip the clip search.
     #[arg(long)]
     pub no_clip: bool,
+    /// After scaling and clipping, round each linear column by column with GPTQ's error feedback
+    /// (inverse Hessian of its calibration inputs); same scales and zero points, so the outputs
+    /// load everywhere plain AWQ checkpoints do.
+    #[arg(long)]
+    pub gptq: bool,
+    /// GPTQ dampening: this fraction of the Hessian's mean diagonal is added to its diagonal
+    /// (default 0.01).
+    #[arg(long)]
+    pub gptq_damp: Option<f64>,
     /// Replace existing outputs (and discard a resume state that belongs to another job).
     #[arg(long)]
     pub force: bool,
@@ -94,8 +103,27 @@ fn options(a: &Args) -> Result<QuantizeOptions> {
         search_scale: a.search_scale,
         batch_size: a.calib.batch_size,
         n_grid: 20,
+        gptq: gptq_damp(a)?,
         spill: Default::default(),
     })
+}
+
+/// `--gptq` with its dampening checked (`None` without `--gptq`).
+fn gptq_damp(a: &Args) -> Result<Option<f64>> {
+    match (a.gptq, a.gptq_damp) {
+        (false, Some(_)) => Err(Error::usage("--gptq-damp needs --gptq")),
+        (false, None) => Ok(None),
+        (true, d) => {
+            let d = d.unwrap_or(crate::quant::gptq::DEFAULT_DAMP);
+            if !(d > 0.0 && d <= 1.0) {
+                return Err(Error::usage(format!("--gptq-damp {d}: must be in (0, 1] (a fraction of the Hessian's mean diagonal; GPTQ uses 0.01)")));
+            }
+            if a.calib.calib_samples == 0 {
+                return Err(Error::usage("--gptq needs calibration data (--calib-samples is 0)"));
+            }
+            Ok(Some(d))
+        }
+    }
 }
 
 fn run_on<B: Backend>(
@@ -259,8 +287,10 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         println!("wrote       {}{}", a.out.display(), a.turbomind_out.as_ref().map(|p| format!(" and {}", p.display())).unwrap_or_default());
         println!("report      {}", rp.display());
         println!(
-            "time        load {:.1}s  calibration {:.1}s  search {:.1}s  clip {:.1}s  pack {:.1}s  export {:.1}s",
-            t.load, t.calibration, t.search, t.clip, t.pack, t.export
+            "time        load {:.1}s  calibration {:.1}s  search {:.1}s  clip {:.1}s{}  pack {:.1}s  export {:.1}s",
+            t.load, t.calibration, t.search, t.clip,
+            if a.gptq { format!("  gptq {:.1}s", t.gptq) } else { String::new() },
+            t.pack, t.export
         );
         if let Some(t) = &table {
             println!("\nperplexity ({} windows x {} tokens of {}):", t["windows"], t["seqlen"], t["dataset"]);
@@ -306,6 +336,7 @@ fn rtn_ppl<B: Backend>(dev: B::Device, src: &HfSource, bits: u32, group: usize, 
         search_scale: false,
         batch_size: 1,
         n_grid: 20,
+        gptq: None,
         spill: Default::default(),
     };
     let mut sink = crate::quant::qmodel::CollectSink::default();

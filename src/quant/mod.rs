@@ -7,6 +7,8 @@ pub mod chunks;
 #[cfg(feature = "engine")]
 pub mod clip;
 pub mod fold;
+#[cfg(feature = "engine")]
+pub mod gptq;
 pub mod int4;
 #[cfg(feature = "engine")]
 pub mod pipeline;

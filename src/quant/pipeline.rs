@@ -20,6 +20,7 @@ use crate::quant::chunks::{Chunks, SpillPolicy};
 use crate::quant::clip::{apply_clip, clip_linear, subsample_tokens, ClipResult};
 use crate::quant::resume::{JobState, LayerResult};
 use crate::quant::fold::{fold_group, normalize_scales, zero_norm_channels};
+use crate::quant::gptq::{GptqResult, LayerFeedback};
 use crate::quant::int4::{QuantParams, QuantizedLinear};
 use crate::quant::qmodel::{QuantSink, QuantizedLayer};
 use crate::quant::search::{search_group, GroupSearch, Inspect};
@@ -111,6 +112,8 @@ pub struct QuantizeOptions {
     /// `--batch-size` chunking for `--search-scale`).
     pub batch_size: usize,
     pub n_grid: usize,
+    /// GPTQ error feedback after scaling and clipping, with this dampening (`--gptq`).
+    pub gptq: Option<f64>,
     /// Where the calibration activations live (`--max-memory`); never changes the output.
     #[serde(skip)]
     pub spill: SpillPolicy,
@@ -122,6 +125,9 @@ pub struct LayerReport {
     pub layer: usize,
     pub groups: Vec<GroupSearch>,
     pub clips: Vec<ClipResult>,
+    /// GPTQ pass per linear (`--gptq`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gptq: Vec<GptqResult>,
     pub seconds: f64,
     /// Replayed from a resume state rather than computed in this run.
     #[serde(default)]
@@ -141,6 +147,8 @@ pub struct Timings {
     pub calibration: f64,
     pub search: f64,
     pub clip: f64,
+    /// Hessians, their factors and the GPTQ rounding (`--gptq`).
+    pub gptq: f64,
     pub pack: f64,
     pub export: f64,
 }
@@ -189,12 +197,27 @@ pub fn check_group_size(c: &ModelConfig, p: QuantParams) -> Result<()> {
     Ok(())
 }
 
-/// Quantize every linear of a (scaled, clipped) layer.
+/// Quantize every linear of a (scaled, clipped) layer, round to nearest.
 pub fn quantize_layer(c: &ModelConfig, i: usize, w: &LayerWeights, p: QuantParams) -> Result<QuantizedLayer> {
-    let q = |k: LinearKind| {
-        let l = w.linear(k);
-        QuantizedLinear::quantize(&arch::linear_module(c.arch, i, k), &l.w, l.b.clone(), p)
-    };
+    layer_of(w, |k, l| QuantizedLinear::quantize(&arch::linear_module(c.arch, i, k), &l.w, l.b.clone(), p))
+}
+
+/// Quantize every linear of a scaled layer with GPTQ's error feedback: (scale, zero) from the
+/// clipped weights `w`, the feedback aiming at the unclipped ones (`target`), so that it also
+/// compensates the clipping. Also returns what the pass did per linear.
+fn quantize_layer_gptq<B: Backend>(c: &ModelConfig, i: usize, w: &LayerWeights, target: &LayerWeights, p: QuantParams, fb: &LayerFeedback<B>) -> Result<(QuantizedLayer, Vec<GptqResult>)> {
+    let mut results = Vec::new();
+    let ql = layer_of(w, |k, l| {
+        let (ql, r) = fb.quantize(&arch::linear_module(c.arch, i, k), k, target.linear(k), &l.w, p)?;
+        results.push(r);
+        Ok(ql)
+    })?;
+    Ok((ql, results))
+}
+
+/// A quantized layer from one quantizer applied to each of the seven linears in order.
+fn layer_of(w: &LayerWeights, mut q: impl FnMut(LinearKind, &crate::model::arch::Linear) -> Result<QuantizedLinear>) -> Result<QuantizedLayer> {
+    let mut q = |k: LinearKind| q(k, w.linear(k));
     Ok(QuantizedLayer {
         attn_norm: w.attn_norm.clone(),
         mlp_norm: w.mlp_norm.clone(),
@@ -354,17 +377,28 @@ pub fn quantize<B: Backend>(
         rep.timings.load += t0.elapsed().as_secs_f64();
         check_finite(i, &w, &c)?;
         let mut lr = LayerReport { layer: i, ..Default::default() };
+        // The layer's scaled inputs and scaled, unclipped weights, kept for the GPTQ pass.
+        let mut gptq_inputs: Option<(LayerInputs<B>, LayerWeights)> = None;
 
         let replay = resume.filter(|(_, done)| i < *done).map(|(st, _)| st);
         if let (Some(chain), Some(st)) = (chain.as_mut(), replay) {
             // A layer finished by an earlier run: advance the stream and re-apply its result.
             let t0 = Instant::now();
-            chain.advance(&w)?;
+            let mut ins = if opts.gptq.is_some() {
+                Some(chain.step(i, &w)?)
+            } else {
+                chain.advance(&w)?;
+                None
+            };
             rep.timings.calibration += t0.elapsed().as_secs_f64();
             let r = st.load_layer(i)?;
             for (g, s) in &r.scales {
                 fold_group(&mut w, *g, s);
+                if let Some(ins) = ins.as_mut() {
+                    scale_inputs(ins.group_mut(*g), s, dev)?;
+                }
             }
+            gptq_inputs = ins.map(|ins| (ins, w.clone()));
             for (k, c) in &r.clips {
                 apply_clip(&mut w.linear_mut(*k).w, c, p.group);
             }
@@ -403,7 +437,7 @@ pub fn quantize<B: Backend>(
                     Mode::Awq => {
                         let block = inspector(g, &w, &c, chain);
                         let first = first_guess(rep.layers.last(), g, opts.n_grid);
-                        let gs = search_group(g, &consumers, &block, x, &stats.absmean(), fixed.as_deref(), p, opts.duo_scaling, opts.n_grid, first, dev)?;
+                        let gs = search_group(g, &consumers, &block, x, &stats.absmean(), fixed.as_deref(), p, opts.duo_scaling, opts.n_grid, first, dev)?.or_identity();
                         rep.search_flops += search_flops(g, &c, tokens, seqlen, gs.grid_work);
                         if !gs.loss_best.is_finite() {
                             return Err(Error::input(format!("layer {i}"), format!("scale search for {} found no finite loss (NaN/inf in the block output)", g.name())));
@@ -431,11 +465,11 @@ pub fn quantize<B: Backend>(
                             rep.search_flops += search_flops(g, &c, tokens, seqlen, work / n.max(1) as f64);
                             let alpha = ratio_sum / n.max(1) as f64;
                             let s = lmdeploy_scales(&stats.absmean(), &ws, p.group, alpha, fixed.as_deref());
-                            lr.groups.push(GroupSearch { group: g.name().to_string(), alpha, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], grid_work: 0.0, scales: s.clone(), seconds: 0.0 });
+                            lr.groups.push(GroupSearch { group: g.name().to_string(), alpha, identity: false, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], grid_work: 0.0, scales: s.clone(), seconds: 0.0 });
                             s
                         } else {
                             let s = lmdeploy_scales(&stats.absmax, &ws, p.group, 0.5, fixed.as_deref());
-                            lr.groups.push(GroupSearch { group: g.name().to_string(), alpha: 0.5, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], grid_work: 0.0, scales: s.clone(), seconds: 0.0 });
+                            lr.groups.push(GroupSearch { group: g.name().to_string(), alpha: 0.5, identity: false, loss_rtn: f64::NAN, loss_best: f64::NAN, losses: vec![], grid_work: 0.0, scales: s.clone(), seconds: 0.0 });
                             s
                         }
                     }
@@ -451,6 +485,8 @@ pub fn quantize<B: Backend>(
                 scale_inputs(ins.group_mut(*g), s, dev)?;
             }
             rep.timings.search += t0.elapsed().as_secs_f64();
+
+            let unclipped = opts.gptq.is_some().then(|| w.clone());
 
             // 4. clip search: every linear but q and k.
             let mut clips: Vec<(LinearKind, Vec<f32>)> = Vec::new();
@@ -471,12 +507,33 @@ pub fn quantize<B: Backend>(
             if let Some((st, _)) = resume {
                 st.save_layer(i, &LayerResult { scales, clips, report: lr.clone() })?;
             }
+            gptq_inputs = unclipped.map(|u| (ins, u));
         }
 
-        // 5. quantize and export.
+        // 5. quantize (GPTQ: with error feedback from the scaled inputs) and export.
+        let fb = match (opts.gptq, gptq_inputs.take()) {
+            (Some(damp), Some((ins, unclipped))) => {
+                let t0 = Instant::now();
+                let fb = LayerFeedback::new(&c, i, &ins, damp, dev)?;
+                rep.timings.gptq += t0.elapsed().as_secs_f64();
+                Some((fb, unclipped))
+            }
+            _ => None,
+        };
         let t0 = Instant::now();
-        let ql = quantize_layer(&c, i, &w, p)?;
-        rep.timings.pack += t0.elapsed().as_secs_f64();
+        let ql = match fb {
+            Some((fb, unclipped)) => {
+                let (ql, r) = quantize_layer_gptq(&c, i, &w, &unclipped, p, &fb)?;
+                rep.timings.gptq += t0.elapsed().as_secs_f64();
+                lr.gptq = r;
+                ql
+            }
+            None => {
+                let ql = quantize_layer(&c, i, &w, p)?;
+                rep.timings.pack += t0.elapsed().as_secs_f64();
+                ql
+            }
+        };
         drop(w);
         let t0 = Instant::now();
         sink.write_layer(i, &ql)?;

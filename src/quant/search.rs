@@ -117,8 +117,12 @@ pub fn sq_err_sum<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f64 {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct GroupSearch {
     pub group: String,
-    /// Best α (grid point index / n_grid).
+    /// Best α of the grid (grid point index / n_grid), also when `identity` won over it.
     pub alpha: f64,
+    /// Plain rounding (s = 1) had a lower loss than every grid point, so the group is not scaled
+    /// (awq mode, [`GroupSearch::or_identity`]).
+    #[serde(default)]
+    pub identity: bool,
     /// Output MSE with plain round-to-nearest (s = 1).
     pub loss_rtn: f64,
     /// Output MSE at the best α.
@@ -134,6 +138,20 @@ pub struct GroupSearch {
     #[serde(default)]
     pub scales: Vec<f64>,
     pub seconds: f64,
+}
+
+impl GroupSearch {
+    /// The identity as one more candidate (no grid point reaches it exactly): when plain rounding
+    /// beat every grid point, the group keeps s = 1, so it is never left worse than rounding by
+    /// the search's own loss. AutoAWQ keeps the best grid point whatever it costs.
+    pub fn or_identity(mut self) -> Self {
+        if self.loss_rtn < self.loss_best {
+            self.identity = true;
+            self.loss_best = self.loss_rtn;
+            self.scales = vec![1.0; self.scales.len()];
+        }
+        self
+    }
 }
 
 /// Calibration chunks evaluated together (in parallel) between two pruning checks: the chunks
@@ -175,7 +193,7 @@ pub fn gram<B: Backend>(x: &Chunks<B>) -> Result<Tensor<B, 2>> {
 }
 
 /// Loss of a single-linear block from the Gram matrix: `Σ_n Δw_n G Δw_nᵀ / (T·N)`.
-fn gram_loss<B: Backend>(g: &Tensor<B, 2>, w: &HostTensor, wq: &HostTensor, tokens: usize, dev: &B::Device) -> f64 {
+pub(crate) fn gram_loss<B: Backend>(g: &Tensor<B, 2>, w: &HostTensor, wq: &HostTensor, tokens: usize, dev: &B::Device) -> f64 {
     let (n, k) = w.dims2();
     let dw: Vec<f32> = w.data.iter().zip(&wq.data).map(|(a, b)| a - b).collect();
     let dw: Tensor<B, 2> = crate::engine::llama::upload(dw, [n, k], dev);
@@ -278,6 +296,7 @@ pub fn search_group<B: Backend>(
     Ok(GroupSearch {
         group: group.name().to_string(),
         alpha: best.1 as f64 / n_grid as f64,
+        identity: false,
         loss_rtn,
         loss_best: best.0,
         losses,
@@ -285,4 +304,25 @@ pub fn search_group<B: Backend>(
         scales: best.2,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GroupSearch;
+
+    fn found(loss_rtn: f64, loss_best: f64) -> GroupSearch {
+        GroupSearch { group: "mlp_in".into(), alpha: 0.35, identity: false, loss_rtn, loss_best, losses: vec![], grid_work: 20.0, scales: vec![0.5, 2.0, 1.5], seconds: 0.0 }
+    }
+
+    #[test]
+    fn identity_replaces_a_grid_point_only_when_plain_rounding_is_better() {
+        let g = found(1.0, 2.0).or_identity();
+        assert!(g.identity);
+        assert_eq!((g.scales, g.loss_best, g.alpha), (vec![1.0; 3], 1.0, 0.35));
+        // Ties and wins keep the grid point (AutoAWQ's choice).
+        for (rtn, best) in [(2.0, 2.0), (3.0, 2.0), (f64::NAN, 2.0)] {
+            let g = found(rtn, best).or_identity();
+            assert!(!g.identity && g.scales == vec![0.5, 2.0, 1.5] && g.loss_best == best);
+        }
+    }
 }

@@ -1,0 +1,515 @@
+//! GPTQ-style error feedback after AWQ (`--gptq`, awq-reference §4 for the clipping it follows).
+//!
+//! AWQ picks per-channel scales and per-group clipping, then rounds every weight to its nearest
+//! code. GPTQ (Frantar et al. 2022) rounds the input columns of a linear one at a time and pushes
+//! each column's rounding error onto the columns not yet rounded, weighted by the inverse Hessian
+//! `H = Σ_t x_t x_tᵀ` of the layer's calibration inputs, so that the *output* error `‖X ΔWᵀ‖²`
+//! shrinks, not the weight error. Here it runs after scaling and clipping, on the scaled inputs
+//! the scaled weights will see:
+//!
+//! ```text
+//! params  (scale, zero) of every (row, group) from the clipped weights, fixed up front ("static
+//!         groups"): the groups stay contiguous, no g_idx, so AutoAWQ-GEMM loads unchanged
+//! H      += λ·mean(diag H)·I                  (damping, λ = --gptq-damp; dead channels get 1)
+//! U       upper Cholesky factor of H⁻¹        (H⁻¹ = UᵀU)
+//! for i in 0..K:                              (each output row independently)
+//!     q_i = code(w_i);   e = (w_i - deq(q_i)) / U[i,i]
+//!     w_j -= e · U[i,j]  for j > i
+//! ```
+//!
+//! Everything is f64 on the host. Rows are independent and every sum has a fixed order, so the
+//! codes do not depend on the thread count. The same Hessian serves q/k/v and gate/up (one shared
+//! input). Per linear the calibration loss `Σ_n Δw_n H Δw_nᵀ` of the GPTQ codes is compared with
+//! that of plain rounding under the same parameters, and the better codes are kept: the pass can
+//! only lower the loss it is judged by.
+
+use crate::error::{Error, Result};
+use crate::engine::llama::{download, upload};
+use crate::model::arch::{self, Linear, LinearKind};
+use crate::model::config::ModelConfig;
+use crate::quant::calibrate::LayerInputs;
+use crate::quant::chunks::Chunks;
+use crate::quant::int4::{quantize_value, QuantParams, QuantizedLinear};
+use crate::tensor::HostTensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use half::f16;
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// Default dampening, as a fraction of the mean diagonal of `H` (GPTQ's `percdamp`).
+pub const DEFAULT_DAMP: f64 = 0.01;
+
+/// Output rows rounded together: they share every row of `U` while it is in L1.
+const ROW_TILE: usize = 16;
+
+/// `Σ_t x_t x_tᵀ` (`[K, K]`, row-major, f64) of a linear's calibration inputs.
+#[derive(Debug, Clone)]
+pub struct Hessian {
+    pub k: usize,
+    pub h: Vec<f64>,
+    /// Calibration tokens summed over.
+    pub tokens: usize,
+}
+
+impl Hessian {
+    /// Accumulate the Gram matrix of a chunked `[b, s, K]` input: each chunk's `XᵀX` in f32 on the
+    /// device (one matmul), the chunks summed in f64 in chunk order.
+    pub fn of_inputs<B: Backend>(x: &Chunks<B>) -> Result<Self> {
+        let k = x.width();
+        let mut h = vec![0f64; k * k];
+        for i in 0..x.len() {
+            let c = x.get(i)?;
+            let [b, s, _] = c.dims();
+            let m = c.reshape([b * s, k]);
+            let g = download(m.clone().transpose().matmul(m));
+            for (a, v) in h.iter_mut().zip(g) {
+                *a += v as f64;
+            }
+        }
+        if x.is_empty() {
+            return Err(Error::internal("Hessian of an empty calibration input"));
+        }
+        Ok(Hessian { k, h, tokens: x.tokens() })
+    }
+
+    /// From host rows `[T, K]` (tests).
+    pub fn of_rows(x: &[f64], k: usize) -> Self {
+        let t = x.len() / k;
+        let mut h = vec![0f64; k * k];
+        for r in x.chunks(k) {
+            for i in 0..k {
+                for j in 0..k {
+                    h[i * k + j] += r[i] * r[j];
+                }
+            }
+        }
+        Hessian { k, h, tokens: t }
+    }
+}
+
+/// `Σ a_i b_i` with four partial sums in a fixed order (vectorizes; same bits at any width).
+#[inline]
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = 0f64;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// In place lower Cholesky factor of a symmetric positive-definite `[n, n]` row-major matrix
+/// (the upper triangle is left as is). Column by column; the rows below each pivot in parallel.
+fn cholesky_lower(a: &mut [f64], n: usize) -> std::result::Result<(), usize> {
+    for j in 0..n {
+        let (head, tail) = a.split_at_mut((j + 1) * n);
+        let rj = &mut head[j * n..(j + 1) * n];
+        // A pivot that cancels to (almost) nothing of its diagonal: numerically not positive
+        // definite (e.g. fewer tokens than channels and no damping).
+        let d = rj[j] - dot(&rj[..j], &rj[..j]);
+        if !(d > 1e-12 * rj[j].abs()) || !d.is_finite() {
+            return Err(j);
+        }
+        let ljj = d.sqrt();
+        rj[j] = ljj;
+        let rj: &[f64] = rj;
+        tail.par_chunks_mut(n).for_each(|ri| {
+            ri[j] = (ri[j] - dot(&ri[..j], &rj[..j])) / ljj;
+        });
+    }
+    Ok(())
+}
+
+/// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), `[n, n]` row-major, without forming
+/// `H⁻¹`: with `J` the reversal permutation and `JHJ = MMᵀ` (lower `M`), `H = RRᵀ` for the upper
+/// `R = JMJ`, so `H⁻¹ = R⁻ᵀR⁻¹` and `U = R⁻¹ = J M⁻¹ J`. One Cholesky and one triangular inverse.
+/// `Err(i)`: `H` is not positive definite (pivot `i` of the reversed matrix).
+pub fn inverse_cholesky_upper(h: &[f64], n: usize) -> std::result::Result<Vec<f64>, usize> {
+    let mut m: Vec<f64> = (0..n * n).map(|idx| h[(n - 1 - idx / n) * n + (n - 1 - idx % n)]).collect();
+    cholesky_lower(&mut m, n)?;
+    // Column j of M⁻¹ solves M x = e_j by forward substitution (x_i = 0 for i < j); columns are
+    // independent. xt[j] holds column j, entries i >= j.
+    let mut xt = vec![0f64; n * n];
+    xt.par_chunks_mut(n).enumerate().for_each(|(j, x)| {
+        x[j] = 1.0 / m[j * n + j];
+        for i in j + 1..n {
+            x[i] = -dot(&m[i * n + j..i * n + i], &x[j..i]) / m[i * n + i];
+        }
+    });
+    // U[i][j] = M⁻¹[n-1-i][n-1-j] = xt[n-1-j][n-1-i].
+    Ok((0..n * n).map(|idx| {
+        let (i, j) = (idx / n, idx % n);
+        if j < i { 0.0 } else { xt[(n - 1 - j) * n + (n - 1 - i)] }
+    }).collect())
+}
+
+/// The damped Hessian's `U` (module comment), shared by the linears that read the same input.
+pub struct Feedback {
+    pub k: usize,
+    /// `[K, K]` upper triangular.
+    u: Vec<f64>,
+    /// Channels that never saw a non-zero input (their `H` diagonal was 0).
+    pub dead: usize,
+}
+
+impl Feedback {
+    /// `what` names the input in errors.
+    pub fn new(what: &str, h: &Hessian, damp: f64) -> Result<Self> {
+        let k = h.k;
+        let mut a = h.h.clone();
+        let mut dead = 0;
+        for i in 0..k {
+            if a[i * k + i] == 0.0 {
+                a[i * k + i] = 1.0;
+                dead += 1;
+            }
+        }
+        let mean = (0..k).map(|i| a[i * k + i]).sum::<f64>() / k as f64;
+        for i in 0..k {
+            a[i * k + i] += damp * mean;
+        }
+        let u = inverse_cholesky_upper(&a, k).map_err(|i| {
+            Error::input(what, format!("the damped Hessian of its calibration inputs is not positive definite (pivot {i}); raise --gptq-damp ({damp})"))
+        })?;
+        Ok(Feedback { k, u, dead })
+    }
+}
+
+/// What the pass did to one linear (the report's `gptq` entries).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct GptqResult {
+    pub linear: String,
+    /// `Σ_n Δw_n H Δw_nᵀ / (tokens · N)` of plain rounding under the same (scale, zero): the mean
+    /// squared output error on the calibration tokens.
+    pub loss_rtn: f64,
+    /// The same for the GPTQ codes.
+    pub loss_gptq: f64,
+    /// Whether the GPTQ codes were kept (they were not when plain rounding had the lower loss).
+    pub kept: bool,
+    pub seconds: f64,
+}
+
+/// Quantize a `[N, K]` weight `w` with error feedback. Scales and zero points are those
+/// [`QuantizedLinear::quantize`] gives `clipped` (`w` after the clip search, or `w` itself); only
+/// the codes differ, and they aim at `w`, so the feedback also makes up for the clipping. `loss`
+/// maps a dequantized weight to its calibration loss against `w` (the [`GptqResult`] losses).
+pub fn quantize_with_feedback(name: &str, w: &HostTensor, clipped: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams, fb: &Feedback, loss: &dyn Fn(&HostTensor) -> f64) -> Result<(QuantizedLinear, GptqResult)> {
+    let start = std::time::Instant::now();
+    if clipped.shape != w.shape {
+        return Err(Error::internal(format!("{name}: clipped weight {:?} for weight {:?}", clipped.shape, w.shape)));
+    }
+    let rtn = QuantizedLinear::quantize(name, clipped, bias, p)?;
+    let (n, k) = w.dims2();
+    if k != fb.k {
+        return Err(Error::internal(format!("{name}: weight has {k} inputs, its Hessian {}", fb.k)));
+    }
+    let (g, groups, max_q) = (p.group, k / p.group, p.max_q());
+    let mut q = vec![0u8; n * k];
+    q.par_chunks_mut(ROW_TILE * k).enumerate().for_each(|(tile, qt)| {
+        let r0 = tile * ROW_TILE;
+        let rows = qt.len() / k;
+        // The tile's rows in f64, updated as columns are rounded.
+        let mut wt: Vec<f64> = w.data[r0 * k..(r0 + rows) * k].iter().map(|&v| v as f64).collect();
+        let mut err = [0f64; ROW_TILE];
+        for i in 0..k {
+            let ui = &fb.u[i * k..(i + 1) * k];
+            for r in 0..rows {
+                let gi = i / g;
+                let (s, z) = (rtn.scales[(r0 + r) * groups + gi], rtn.zeros[(r0 + r) * groups + gi]);
+                let x = wt[r * k + i];
+                let c = quantize_value(x as f32, s.to_f32(), z, max_q);
+                qt[r * k + i] = c;
+                err[r] = (x - deq(c, s, z)) / ui[i];
+            }
+            for r in 0..rows {
+                let e = err[r];
+                for (wv, &uv) in wt[r * k + i + 1..(r + 1) * k].iter_mut().zip(&ui[i + 1..]) {
+                    *wv -= e * uv;
+                }
+            }
+        }
+    });
+    let gq = QuantizedLinear { q, ..rtn.clone() };
+    let (loss_rtn, loss_gptq) = (loss(&rtn.dequantize()), loss(&gq.dequantize()));
+    let kept = loss_gptq <= loss_rtn;
+    let r = GptqResult { linear: name.rsplit('.').next().unwrap_or(name).to_string(), loss_rtn, loss_gptq, kept, seconds: start.elapsed().as_secs_f64() };
+    Ok((if kept { gq } else { rtn }, r))
+}
+
+/// The feedback factors of one decoder layer's four linear inputs, with their (undamped)
+/// Hessians on the device for the calibration losses.
+pub struct LayerFeedback<B: Backend> {
+    /// q/k/v, o, gate/up, down inputs: factor, `[K, K]` f32 Hessian, calibration tokens.
+    inputs: Vec<(Feedback, Tensor<B, 2>, usize)>,
+    device: B::Device,
+}
+
+impl<B: Backend> LayerFeedback<B> {
+    /// From the layer's cached (scaled) inputs; `c` and `layer` name an input in errors.
+    pub fn new(c: &ModelConfig, layer: usize, ins: &LayerInputs<B>, damp: f64, dev: &B::Device) -> Result<Self> {
+        let inputs = [LinearKind::Q, LinearKind::O, LinearKind::Gate, LinearKind::Down]
+            .into_iter()
+            .map(|k| {
+                let h = Hessian::of_inputs(ins.of(k))?;
+                let what = format!("{} input", arch::linear_module(c.arch, layer, k));
+                let f = Feedback::new(&what, &h, damp)?;
+                let hd = upload(h.h.iter().map(|&v| v as f32).collect(), [h.k, h.k], dev);
+                Ok((f, hd, h.tokens))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LayerFeedback { inputs, device: dev.clone() })
+    }
+
+    /// Quantize linear `k` of a layer with error feedback: `target` its scaled weight (and bias),
+    /// `clipped` the same after clipping (the stored scales and zeros are its).
+    pub fn quantize(&self, name: &str, k: LinearKind, target: &Linear, clipped: &HostTensor, p: QuantParams) -> Result<(QuantizedLinear, GptqResult)> {
+        let (f, h, tokens) = &self.inputs[match k {
+            LinearKind::Q | LinearKind::K | LinearKind::V => 0,
+            LinearKind::O => 1,
+            LinearKind::Gate | LinearKind::Up => 2,
+            LinearKind::Down => 3,
+        }];
+        let loss = |dq: &HostTensor| crate::quant::search::gram_loss(h, &target.w, dq, *tokens, &self.device);
+        quantize_with_feedback(name, &target.w, clipped, target.b.clone(), p, f, &loss)
+    }
+}
+
+#[inline]
+fn deq(c: u8, s: f16, z: u8) -> f64 {
+    // The stored value is (q - z)·s in f32 (what every kernel dequantizes).
+    ((c as f32 - z as f32) * s.to_f32()) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::int4::group_params;
+
+    impl Hessian {
+        /// `Σ_n Δw_n H Δw_nᵀ` for weight errors `dw` (`[N, K]`): the squared output error summed over
+        /// the calibration tokens and outputs. Rows in parallel, summed in row order.
+        pub fn loss(&self, dw: &[f64]) -> f64 {
+            let k = self.k;
+            let per_row: Vec<f64> = dw
+                .par_chunks(k)
+                .map(|d| {
+                    let mut tot = 0f64;
+                    for (i, &di) in d.iter().enumerate() {
+                        if di != 0.0 {
+                            tot += di * dot(&self.h[i * k..(i + 1) * k], d);
+                        }
+                    }
+                    tot
+                })
+                .collect();
+            per_row.iter().sum()
+        }
+    }
+
+    /// The mean calibration loss of a dequantized weight against `w`.
+    fn mean_loss<'a>(h: &'a Hessian, w: &'a HostTensor) -> impl Fn(&HostTensor) -> f64 + 'a {
+        move |dq: &HostTensor| {
+            let dw: Vec<f64> = w.data.iter().zip(&dq.data).map(|(&a, &b)| a as f64 - b as f64).collect();
+            h.loss(&dw) / (h.tokens * w.dims2().0) as f64
+        }
+    }
+
+    /// Group parameters a weight is stored with, `[N * K/g]`.
+    fn static_params(w: &HostTensor, p: QuantParams) -> Vec<(f16, u8)> {
+        w.data.chunks(p.group).map(|v| group_params(v, p.max_q())).collect()
+    }
+
+    /// Deterministic pseudo-random numbers in [-1, 1).
+    fn rnd(seed: u64, n: usize) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Inputs with correlated channels (a random mixing of fewer sources) and a few outliers.
+    fn inputs(t: usize, k: usize, seed: u64) -> Vec<f64> {
+        let src = k / 2;
+        let mix = rnd(seed, src * k);
+        let z = rnd(seed + 1, t * src);
+        let mut x = vec![0f64; t * k];
+        for ti in 0..t {
+            for c in 0..k {
+                let v: f64 = (0..src).map(|j| z[ti * src + j] * mix[j * k + c]).sum();
+                x[ti * k + c] = v * if c % 7 == 0 { 4.0 } else { 1.0 };
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn inverse_cholesky_upper_factors_the_inverse() {
+        let k = 37;
+        let x = inputs(200, k, 3);
+        let mut h = Hessian::of_rows(&x, k).h;
+        for i in 0..k {
+            h[i * k + i] += 0.1;
+        }
+        let u = inverse_cholesky_upper(&h, k).unwrap();
+        // U is upper triangular with a positive diagonal, and (UᵀU)·H = I.
+        for i in 0..k {
+            assert!(u[i * k + i] > 0.0);
+            for j in 0..i {
+                assert_eq!(u[i * k + j], 0.0);
+            }
+        }
+        for i in 0..k {
+            for j in 0..k {
+                let v: f64 = (0..k).map(|m| (0..k).map(|l| u[l * k + i] * u[l * k + m]).sum::<f64>() * h[m * k + j]).sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((v - want).abs() < 1e-9, "(UᵀU H)[{i},{j}] = {v}");
+            }
+        }
+        // Not positive definite: named by its pivot, no panic.
+        let mut bad = h.clone();
+        bad[5 * k + 5] = -1.0;
+        assert!(inverse_cholesky_upper(&bad, k).is_err());
+    }
+
+    /// The textbook form (GPTQ paper, eq. 2-3): round column i, spread its error over the columns
+    /// not yet rounded with the inverse Hessian restricted to them, then remove column i from that
+    /// inverse (Gaussian elimination). Explicit inverse, one row, no Cholesky.
+    fn reference_row(w: &[f64], h: &[f64], k: usize, params: &[(f16, u8)], g: usize) -> Vec<u8> {
+        // Invert H by Gauss-Jordan.
+        let mut a = h.to_vec();
+        let mut inv: Vec<f64> = (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect();
+        for c in 0..k {
+            let p = a[c * k + c];
+            for j in 0..k {
+                a[c * k + j] /= p;
+                inv[c * k + j] /= p;
+            }
+            for r in 0..k {
+                if r != c {
+                    let f = a[r * k + c];
+                    for j in 0..k {
+                        a[r * k + j] -= f * a[c * k + j];
+                        inv[r * k + j] -= f * inv[c * k + j];
+                    }
+                }
+            }
+        }
+        let mut w = w.to_vec();
+        let mut out = vec![0u8; k];
+        for i in 0..k {
+            let (s, z) = params[i / g];
+            let c = quantize_value(w[i] as f32, s.to_f32(), z, 15);
+            out[i] = c;
+            let e = (w[i] - deq(c, s, z)) / inv[i * k + i];
+            for j in i + 1..k {
+                w[j] -= e * inv[j * k + i];
+            }
+            // inv <- inv - inv[:, i] inv[i, :] / inv[i, i]
+            let d = inv[i * k + i];
+            let col: Vec<f64> = (0..k).map(|r| inv[r * k + i]).collect();
+            let row: Vec<f64> = inv[i * k..(i + 1) * k].to_vec();
+            for r in 0..k {
+                for j in 0..k {
+                    inv[r * k + j] -= col[r] * row[j] / d;
+                }
+            }
+        }
+        out
+    }
+
+    fn problem(n: usize, k: usize, t: usize) -> (HostTensor, Hessian) {
+        let w: Vec<f32> = rnd(11, n * k).iter().map(|&v| (v * 0.05) as f32).collect();
+        let x = inputs(t, k, 5);
+        (HostTensor { shape: vec![n, k], data: w }, Hessian::of_rows(&x, k))
+    }
+
+    #[test]
+    fn codes_match_the_textbook_algorithm_and_lower_the_output_error() {
+        let (n, k, g) = (24, 64, 16);
+        let p = QuantParams::new(4, g).unwrap();
+        let (w, h) = problem(n, k, 300);
+        let fb = Feedback::new("test", &h, DEFAULT_DAMP).unwrap();
+        let (ql, r) = quantize_with_feedback("m.test", &w, &w, None, p, &fb, &mean_loss(&h, &w)).unwrap();
+        // Reference on the same damped Hessian.
+        let mut hd = h.h.clone();
+        let mean = (0..k).map(|i| hd[i * k + i]).sum::<f64>() / k as f64;
+        for i in 0..k {
+            hd[i * k + i] += DEFAULT_DAMP * mean;
+        }
+        let params = static_params(&w, p);
+        let groups = k / g;
+        let mut differ = 0;
+        for row in 0..n {
+            let wr: Vec<f64> = w.data[row * k..(row + 1) * k].iter().map(|&v| v as f64).collect();
+            let want = reference_row(&wr, &hd, k, &params[row * groups..(row + 1) * groups], g);
+            differ += want.iter().zip(&ql.q[row * k..(row + 1) * k]).filter(|(a, b)| a != b).count();
+        }
+        // Both are f64; a code may differ only where a value sits on a rounding boundary.
+        assert!(differ <= 1, "{differ} codes differ from the textbook GPTQ");
+        // Static groups: the stored parameters are plain rounding's.
+        let rtn = QuantizedLinear::quantize("m.test", &w, None, p).unwrap();
+        assert_eq!((&ql.scales, &ql.zeros), (&rtn.scales, &rtn.zeros));
+        assert!(r.kept && r.loss_gptq < 0.8 * r.loss_rtn, "GPTQ {} vs RTN {}", r.loss_gptq, r.loss_rtn);
+    }
+
+    #[test]
+    fn uncorrelated_inputs_give_plain_rounding_and_threads_do_not_change_codes() {
+        // H diagonal: U is diagonal, no error is passed on, the codes are RTN's.
+        let (n, k) = (8, 32);
+        let p = QuantParams::new(4, 16).unwrap();
+        let (w, _) = problem(n, k, 10);
+        let mut h = Hessian { k, h: vec![0.0; k * k], tokens: 10 };
+        for i in 0..k {
+            h.h[i * k + i] = 1.0 + i as f64;
+        }
+        let fb = Feedback::new("t", &h, DEFAULT_DAMP).unwrap();
+        let (ql, _) = quantize_with_feedback("t", &w, &w, None, p, &fb, &mean_loss(&h, &w)).unwrap();
+        assert_eq!(ql.q, QuantizedLinear::quantize("t", &w, None, p).unwrap().q);
+
+        let (w, h) = problem(40, 96, 200);
+        let fb = Feedback::new("t", &h, DEFAULT_DAMP).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let fb = Feedback::new("t", &h, DEFAULT_DAMP).unwrap();
+                (quantize_with_feedback("t", &w, &w, None, QuantParams::new(4, 32).unwrap(), &fb, &mean_loss(&h, &w)).unwrap().0, fb.u)
+            })
+        };
+        let (a, b) = (run(1), run(3));
+        assert_eq!(a.0, b.0);
+        assert!(a.1.iter().zip(&b.1).all(|(x, y)| x.to_bits() == y.to_bits()));
+        assert!(fb.u.iter().zip(&a.1).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+
+    #[test]
+    fn dead_channels_and_singular_inputs_are_handled() {
+        // Channel 3 never sees input: its diagonal becomes 1, the rest still factors.
+        let k = 16;
+        let mut x = inputs(50, k, 9);
+        for r in x.chunks_mut(k) {
+            r[3] = 0.0;
+        }
+        let h = Hessian::of_rows(&x, k);
+        let fb = Feedback::new("t", &h, DEFAULT_DAMP).unwrap();
+        assert_eq!(fb.dead, 1);
+        // Rank-deficient (2 tokens, 16 channels) still factors once damped.
+        let h = Hessian::of_rows(&inputs(2, k, 1), k);
+        assert!(Feedback::new("t", &h, DEFAULT_DAMP).is_ok());
+        // Undamped and rank-deficient: a clear error naming the input.
+        let e = Feedback::new("model.layers.0 down_proj input", &h, 0.0).err().unwrap().to_string();
+        assert!(e.contains("down_proj input") && e.contains("--gptq-damp"), "{e}");
+    }
+}
