@@ -6,7 +6,7 @@
 //! `smollm2-hf/tokenizer.json` (or `$AWQC_TEST_TOKENIZER`). Missing fixtures fail the test.
 
 use awqc::data::build::{build_calib_data, manifest, sha256_hex};
-use awqc::data::calib::{per_document_windows, sample_blocks, CalibConfig};
+use awqc::data::calib::{per_document_windows, sample_blocks, CalibConfig, CalibSampling};
 use awqc::data::eval_text::{eval_text, raw_text, windows};
 use awqc::data::textfile::{load_documents, split_documents};
 use awqc::data::tokenizer::{split_for_encoding, ChunkRule, Tokenizer};
@@ -241,6 +241,7 @@ fn wikitext2_sampling_matches_lmdeploy_indices() {
     assert_eq!(tokens.len(), 458_532, "SmolLM2 token count of the pinned text changed");
     let cfg = CalibConfig {
         dataset: "wikitext2".into(),
+        sampling: CalibSampling::Lmdeploy,
         n_samples: 8,
         seqlen: 512,
         seed: 0,
@@ -280,6 +281,7 @@ fn c4_sampling_matches_lmdeploy_indices() {
     assert_eq!(picks, want);
     let cfg = CalibConfig {
         dataset: "c4".into(),
+        sampling: CalibSampling::Lmdeploy,
         n_samples: 8,
         seqlen: 512,
         seed: 0,
@@ -305,6 +307,7 @@ fn a_file_path_is_a_dataset_sampled_like_wikitext2() {
     std::fs::write(&p, lines.join("\n")).unwrap();
     let cfg = CalibConfig {
         dataset: p.display().to_string(),
+        sampling: CalibSampling::Lmdeploy,
         n_samples: 5,
         seqlen: 64,
         seed: 0,
@@ -320,4 +323,47 @@ fn a_file_path_is_a_dataset_sampled_like_wikitext2() {
     let e = sample_blocks(&CalibConfig { seqlen: tokens.len() + 1, ..cfg }, tok).unwrap_err();
     assert!(e.msg.contains(&format!("only {} tokens", tokens.len())), "{}", e.msg);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--calib-sampling autoawq` and `contiguous` on the bundled c4 against the blocks that AutoAWQ's
+/// `get_calib_dataset` loop and the contiguous construction give in Python with transformers'
+/// tokenizer (tests/fixtures/calib_sampling/c4-smollm2.json, made by
+/// scripts/make-calib-fixtures.sh).
+#[test]
+fn autoawq_and_contiguous_sampling_match_the_python_reference() {
+    let tok = smollm2();
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/calib_sampling/c4-smollm2.json"));
+    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let docs = load_documents(&fixture("text/c4.utf8")).unwrap();
+    assert_eq!(fx["documents"].as_u64(), Some(docs.len() as u64), "the fixture was made from another c4 text");
+    let cases = fx["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let sampling = match case["sampling"].as_str().unwrap() {
+            "autoawq" => CalibSampling::Autoawq,
+            "contiguous" => CalibSampling::Contiguous,
+            other => panic!("unknown sampling {other}"),
+        };
+        let (n, seqlen) = (case["n_samples"].as_u64().unwrap() as usize, case["seqlen"].as_u64().unwrap() as usize);
+        let want: Vec<Vec<u32>> = serde_json::from_value(case["blocks"].clone()).unwrap();
+        assert!(!want.is_empty() && want.iter().all(|b| b.len() == seqlen));
+        let cfg = CalibConfig { dataset: "c4".into(), sampling, n_samples: n, seqlen, seed: 0, data_dir: built_dir().to_path_buf() };
+        let got = sample_blocks(&cfg, tok).unwrap();
+        assert_eq!(got.len(), want.len(), "{sampling:?} n={n} seqlen={seqlen}: block count");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g == w, "{sampling:?} n={n} seqlen={seqlen}: block {i} differs");
+        }
+        if sampling == CalibSampling::Autoawq {
+            // AutoAWQ's under-sampling: n documents of at most seqlen tokens give fewer blocks.
+            assert!(got.len() < n);
+            // The seed plays no part.
+            assert_eq!(sample_blocks(&CalibConfig { seed: 7, ..cfg.clone() }, tok).unwrap(), got);
+        }
+    }
+    // Not enough text: errors that say how much there is.
+    let cfg = CalibConfig { dataset: "c4".into(), sampling: CalibSampling::Contiguous, n_samples: 100_000, seqlen: 512, seed: 0, data_dir: built_dir().to_path_buf() };
+    let e = sample_blocks(&cfg, tok).unwrap_err();
+    assert!(e.msg.contains("contiguous sampling") && e.msg.contains("fewer than 100000 blocks"), "{}", e.msg);
+    let e = sample_blocks(&CalibConfig { sampling: CalibSampling::Autoawq, n_samples: 1, seqlen: 100_000, ..cfg }, tok).unwrap_err();
+    assert!(e.msg.contains("less than one block") && e.msg.contains("--calib-samples"), "{}", e.msg);
 }

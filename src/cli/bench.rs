@@ -200,7 +200,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     // 3. Quantization, split by step.
     if a.calib_samples > 0 {
         let src = HfSource::open(&model)?;
-        let cc = CalibConfig { dataset: "c4".into(), n_samples: a.calib_samples, seqlen: 512, seed: 0, data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir) };
+        let cc = CalibConfig { dataset: "c4".into(), sampling: Default::default(), n_samples: a.calib_samples, seqlen: 512, seed: 0, data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir) };
         let blocks = sample_blocks(&cc, &tok)?;
         let opts = QuantizeOptions {
             mode: Mode::Awq,

@@ -93,7 +93,13 @@ pub struct CalibArgs {
     /// Calibration dataset: c4, wikitext2 (bundled), or a .parquet/.jsonl/.txt file.
     #[arg(long, default_value = "c4")]
     pub calib_dataset: String,
-    /// Number of calibration blocks (`quantize`: 0 = no calibration, round-to-nearest).
+    /// How blocks are drawn: lmdeploy (random windows, seeded), autoawq (AutoAWQ's
+    /// get_calib_dataset: documents in order, each <= --calib-seqlen tokens, --calib-samples of
+    /// them concatenated and cut), contiguous (the first --calib-samples blocks of the joined text).
+    #[arg(long, value_enum, default_value = "lmdeploy")]
+    pub calib_sampling: crate::data::calib::CalibSampling,
+    /// Number of calibration blocks (`quantize`: 0 = no calibration, round-to-nearest;
+    /// `--calib-sampling autoawq`: documents).
     #[arg(long, default_value_t = 128)]
     pub calib_samples: usize,
     /// Tokens per calibration block.
@@ -127,6 +133,7 @@ impl CalibArgs {
         }
         let cc = CalibConfig {
             dataset: self.calib_dataset.clone(),
+            sampling: self.calib_sampling,
             n_samples: self.calib_samples,
             seqlen: self.calib_seqlen,
             seed: self.seed,

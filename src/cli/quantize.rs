@@ -264,7 +264,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         "model": model.display().to_string(), "out": a.out.display().to_string(),
         "turbomind_out": a.turbomind_out.as_ref().map(|p| p.display().to_string()),
         "options": opts, "w_bits": opts.params.bits, "w_group_size": opts.params.group,
-        "calib": {"dataset": a.calib.calib_dataset, "samples": blocks.len(), "seqlen": a.calib.calib_seqlen, "seed": a.calib.seed, "sampling_seconds": sampling_s,
+        "calib": {"dataset": a.calib.calib_dataset, "sampling": a.calib.calib_sampling, "samples": blocks.len(), "seqlen": a.calib.calib_seqlen, "seed": a.calib.seed, "sampling_seconds": sampling_s,
             "activation_bytes": act_bytes, "max_memory": a.max_memory, "chunks_in_memory": keep},
         "device": kind, "report": rep,
     });

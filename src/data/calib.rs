@@ -7,23 +7,45 @@
 //! - per document (`c4`): per sample, draw `i = randint(0, docs - 1)` until document i tokenizes
 //!   to at least `seqlen` tokens, then `j = randint(0, len - seqlen)`, window `[j, j+seqlen)`.
 //!
+//! `--calib-sampling autoawq` and `contiguous` replace these with AutoAWQ's construction and with
+//! the evaluation text's ([`CalibSampling`]), so that a comparison with those tools (or a
+//! calibration without sampling noise) is like for like.
+//!
 //! Given the same documents and the same token ids this reproduces lmdeploy's samples. The
 //! bundled texts stand in for the HF datasets, which cannot be downloaded here, so the samples are
 //! "same procedure, different corpus" relative to a real lmdeploy run.
 
 use crate::data::build::{manifest, DatasetEntry, Sampling};
 use crate::data::pyrandom::PyRandom;
-use crate::data::textfile::load_documents;
+use crate::data::textfile::{load_documents, py_strip};
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+/// How the blocks are drawn from the documents (`--calib-sampling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalibSampling {
+    /// lmdeploy's procedure for the dataset: random windows of the joined text (wikitext2 and
+    /// files) or of random long-enough documents (c4), seeded.
+    #[default]
+    Lmdeploy,
+    /// AutoAWQ's `get_calib_dataset`: documents in order (no shuffle), each stripped and
+    /// tokenized, those over `seqlen` tokens skipped, the first `n_samples` kept ones
+    /// concatenated and cut into `seqlen` blocks (fewer blocks than `n_samples`, remainder dropped).
+    Autoawq,
+    /// Documents joined with "\n\n", tokenized once, the first `n_samples` consecutive blocks:
+    /// the construction of the evaluation text.
+    Contiguous,
+}
 
 /// What to sample. lmdeploy's defaults: `wikitext2`, 128 samples, seqlen 2048, seed 0.
 #[derive(Debug, Clone)]
 pub struct CalibConfig {
     /// A bundled dataset name (see calib_data/manifest.json) or a path to a dataset file.
     pub dataset: String,
+    pub sampling: CalibSampling,
     pub n_samples: usize,
     pub seqlen: usize,
     pub seed: u64,
@@ -35,6 +57,7 @@ impl Default for CalibConfig {
     fn default() -> Self {
         CalibConfig {
             dataset: "wikitext2".into(),
+            sampling: CalibSampling::Lmdeploy,
             n_samples: 128,
             seqlen: 2048,
             seed: 0,
@@ -123,13 +146,18 @@ pub fn sample_blocks(cfg: &CalibConfig, tok: &Tokenizer) -> Result<Vec<Vec<u32>>
             ));
         }
     }
-    match ds.sampling {
-        Sampling::Joined => {
+    match (cfg.sampling, ds.sampling) {
+        (CalibSampling::Autoawq, _) => autoawq_blocks(&what, &docs, cfg.n_samples, cfg.seqlen, |d| tok.encode(d)),
+        (CalibSampling::Contiguous, _) => {
+            let tokens = tok.encode(&docs.join("\n\n"))?;
+            contiguous_blocks(&what, &tokens, cfg.n_samples, cfg.seqlen)
+        }
+        (CalibSampling::Lmdeploy, Sampling::Joined) => {
             let tokens = tok.encode(&docs.join("\n\n"))?;
             let starts = joined_window_starts(&what, tokens.len(), cfg.n_samples, cfg.seqlen, cfg.seed)?;
             Ok(starts.into_iter().map(|i| tokens[i..i + cfg.seqlen].to_vec()).collect())
         }
-        Sampling::PerDocument => {
+        (CalibSampling::Lmdeploy, Sampling::PerDocument) => {
             // Tokens of the documents long enough to be picked; lengths of all seen.
             let mut long_docs: HashMap<usize, Vec<u32>> = HashMap::new();
             let mut lengths: HashMap<usize, usize> = HashMap::new();
@@ -156,6 +184,43 @@ pub fn sample_blocks(cfg: &CalibConfig, tok: &Tokenizer) -> Result<Vec<Vec<u32>>
                 .collect()
         }
     }
+}
+
+/// AutoAWQ's `get_calib_dataset` on documents in order ([`CalibSampling::Autoawq`]): `encode`
+/// tokenizes one stripped document (special tokens included, as `tokenizer.encode`).
+pub fn autoawq_blocks(what: &str, docs: &[String], n_docs: usize, seqlen: usize, mut encode: impl FnMut(&str) -> Result<Vec<u32>>) -> Result<Vec<Vec<u32>>> {
+    let mut cat: Vec<u32> = Vec::new();
+    let mut kept = 0;
+    for d in docs {
+        if kept == n_docs {
+            break;
+        }
+        let ids = encode(py_strip(d))?;
+        if ids.len() > seqlen || ids.is_empty() {
+            continue;
+        }
+        cat.extend_from_slice(&ids);
+        kept += 1;
+    }
+    let blocks: Vec<Vec<u32>> = cat.chunks_exact(seqlen).map(|c| c.to_vec()).collect();
+    if blocks.is_empty() {
+        return Err(Error::input(
+            what,
+            format!("autoawq sampling: {kept} documents of at most {seqlen} tokens gave {} tokens, less than one block of {seqlen} (raise --calib-samples: it counts documents here)", cat.len()),
+        ));
+    }
+    Ok(blocks)
+}
+
+/// The first `n` consecutive `seqlen` blocks of `tokens` ([`CalibSampling::Contiguous`]).
+pub fn contiguous_blocks(what: &str, tokens: &[u32], n: usize, seqlen: usize) -> Result<Vec<Vec<u32>>> {
+    if tokens.len() < n * seqlen {
+        return Err(Error::input(
+            what,
+            format!("contiguous sampling: the joined text has {} tokens, fewer than {n} blocks of {seqlen}", tokens.len()),
+        ));
+    }
+    Ok(tokens.chunks_exact(seqlen).take(n).map(|c| c.to_vec()).collect())
 }
 
 /// lmdeploy's wikitext2 window starts over a stream of `total` tokens.
