@@ -160,6 +160,7 @@ fn options(mode: Mode, clip: bool, batch_size: usize) -> QuantizeOptions {
         batch_size,
         n_grid: 20,
         gptq: None,
+        zero_search: false,
         spill: Default::default(),
     }
 }
@@ -340,4 +341,130 @@ fn gptq_keeps_awqs_parameters_lowers_the_calibration_loss_and_is_deterministic()
     assert!(resumed.1.layers[0].resumed && resumed.1.layers[0].gptq.len() == 7);
     st.finish().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn zero_search_only_lowers_the_calibration_loss_composes_with_gptq_and_is_deterministic() {
+    // --zero-search: every linear's (scale, zero) searched against its calibration inputs and kept
+    // only where its loss is not above min / max rounding's; with --gptq on top, GPTQ keeps the
+    // searched parameters. Same model whatever the thread count, spilling or resuming.
+    use awqc::quant::chunks::SpillPolicy;
+    use awqc::quant::resume::JobState;
+    let c = synth::config(Arch::Llama, 128, 256, 2, 4, 2, 64, true);
+    let src = MemSource { globals: synth::globals(&c, 11), layers: (0..2).map(|i| synth::layer(&c, 11, i)).collect(), config: c.clone() };
+    let mut r = SplitMix(31);
+    let blocks: Vec<Vec<u32>> = (0..6).map(|_| (0..32).map(|_| (r.next_u64() % 64) as u32).collect()).collect();
+    let go = |gptq: Option<f64>, spill: SpillPolicy, resume: Option<(&JobState, usize)>| {
+        let opts = QuantizeOptions { gptq, zero_search: true, spill, ..options(Mode::Awq, true, 2) };
+        let mut sink = CollectSink::default();
+        let rep = quantize::<B>(&src, &blocks, &opts, &mut sink, &Default::default(), resume, |_| {}).unwrap();
+        (sink.model.unwrap(), rep)
+    };
+    let awq = run(&src, &blocks, Mode::Awq, true);
+    let (zs, rep) = go(None, SpillPolicy::in_memory(), None);
+    let (mut kept, mut changed_params) = (0, 0);
+    for l in &rep.layers {
+        assert_eq!(l.zero_search.len(), 7, "layer {}", l.layer);
+        for r in &l.zero_search {
+            assert!(r.loss_search.is_finite() && r.loss_minmax.is_finite(), "layer {} {}", l.layer, r.linear);
+            assert_eq!(r.kept, r.loss_search <= r.loss_minmax, "layer {} {}", l.layer, r.linear);
+            kept += r.kept as usize;
+        }
+    }
+    for (a, b) in awq.layers.iter().zip(&zs.layers) {
+        for (la, lb) in [(&a.q, &b.q), (&a.k, &b.k), (&a.v, &b.v), (&a.o, &b.o), (&a.gate, &b.gate), (&a.up, &b.up), (&a.down, &b.down)] {
+            changed_params += la.scales.iter().zip(&lb.scales).zip(la.zeros.iter().zip(&lb.zeros)).filter(|((s1, s2), (z1, z2))| s1 != s2 || z1 != z2).count();
+            assert_eq!(la.bias, lb.bias);
+        }
+    }
+    assert!(kept > 0 && changed_params > 0, "the search changed nothing ({kept} linears kept)");
+    assert!(rep.timings.zero_search > 0.0 && rep.timings.hessians > 0.0);
+    // GPTQ on top keeps the searched parameters and changes only codes.
+    let (zg, rep_g) = go(Some(0.01), SpillPolicy::in_memory(), None);
+    for (a, b) in zs.layers.iter().zip(&zg.layers) {
+        for (la, lb) in [(&a.q, &b.q), (&a.k, &b.k), (&a.v, &b.v), (&a.o, &b.o), (&a.gate, &b.gate), (&a.up, &b.up), (&a.down, &b.down)] {
+            assert_eq!((&la.scales, &la.zeros), (&lb.scales, &lb.zeros));
+        }
+    }
+    assert!(rep_g.layers.iter().all(|l| l.gptq.len() == 7 && l.zero_search.len() == 7));
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| go(None, SpillPolicy::in_memory(), None).0);
+    assert!(one.layers == zs.layers, "the searched parameters depend on the thread count");
+    let dir = std::env::temp_dir().join(format!("awqc-zs-test-{}", std::process::id()));
+    let spilled = go(None, SpillPolicy::spill_to(dir.join("spill"), 1).unwrap(), None).0;
+    assert!(spilled.layers == zs.layers, "spilling changed the searched parameters");
+    let (st, done) = JobState::open(&dir.join("state"), "zs-test", true).unwrap();
+    assert_eq!(done, 0);
+    let first = go(None, SpillPolicy::in_memory(), Some((&st, 0))).0;
+    let resumed = go(None, SpillPolicy::in_memory(), Some((&st, 1)));
+    assert!(first.layers == zs.layers && resumed.0.layers == zs.layers, "resuming changed the searched parameters");
+    assert!(resumed.1.layers[0].resumed && resumed.1.layers[0].zero_search.len() == 7);
+    st.finish().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The per-layer check against round-to-nearest: each layer's reported output error, quantized as
+/// written and RTN of its original weights, equals an f64 reference forward of that layer on its
+/// full-precision inputs, and the flagged layers are exactly those where the first is larger.
+#[test]
+fn layer_output_errors_match_the_f64_reference_and_flag_layers_worse_than_rtn() {
+    let c = synth::config(Arch::Llama, 128, 256, 3, 4, 2, 64, true);
+    let src = MemSource { globals: synth::globals(&c, 3), layers: (0..3).map(|i| synth::layer(&c, 3, i)).collect(), config: c.clone() };
+    let mut r = SplitMix(23);
+    let blocks: Vec<Vec<u32>> = (0..3).map(|_| (0..24).map(|_| (r.next_u64() % 64) as u32).collect()).collect();
+    let rtn = run(&src, &[], Mode::Awq, false);
+    for mode in [Mode::Awq, Mode::Lmdeploy] {
+        let mut sink = CollectSink::default();
+        let rep = quantize::<B>(&src, &blocks, &options(mode, true, 2), &mut sink, &Default::default(), None, |_| {}).unwrap();
+        let q = sink.model.unwrap();
+        // Reference: per block, the fp hidden states entering layer i, and the squared output
+        // differences of the written and the RTN layer against the fp layer.
+        let mut sums = vec![[0f64; 2]; c.num_hidden_layers];
+        for b in &blocks {
+            let mut x = reference::reference_embed(&src.globals, b);
+            for i in 0..c.num_hidden_layers {
+                let fp = reference::reference_layer(&c, &src.layers[i], x.clone());
+                for (s, l) in sums[i].iter_mut().zip([q.dequantized_layer(i), rtn.dequantized_layer(i)]) {
+                    let o = reference::reference_layer(&c, &l, x.clone());
+                    *s += o.iter().flatten().zip(fp.iter().flatten()).map(|(a, b)| (a - b).powi(2)).sum::<f64>();
+                }
+                x = fp;
+            }
+        }
+        let n = (blocks.len() * 24 * c.hidden_size) as f64;
+        let mut flagged = Vec::new();
+        for (lr, s) in rep.layers.iter().zip(&sums) {
+            let (e, e_rtn) = (lr.output_mse.unwrap(), lr.rtn_output_mse.unwrap());
+            for (got, want) in [(e, s[0] / n), (e_rtn, s[1] / n)] {
+                assert!((got - want).abs() <= 1e-3 * want, "{mode:?} layer {}: output error {got:e}, f64 reference {want:e}", lr.layer);
+            }
+            if e > e_rtn {
+                flagged.push(lr.layer);
+                assert!(lr.warnings.iter().any(|w| w.contains("exceeds round-to-nearest")), "{:?}", lr.warnings);
+            }
+        }
+        assert_eq!(rep.worse_than_rtn, flagged, "{mode:?}");
+    }
+    // Weights that are already on the INT4 grid: round-to-nearest reproduces them exactly (output
+    // error 0), so lmdeploy's fixed smoothing can only lose, and every layer must be flagged.
+    let on_grid = |mut l: LayerWeights| {
+        for k in LinearKind::ALL {
+            let w = &mut l.linear_mut(k).w;
+            for grp in w.data.chunks_mut(32) {
+                // Codes spanning 0..=15 exactly, so min / max rounding gives back (s, z).
+                let (lo, hi) = grp.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                let s = half::f16::from_f32((hi - lo) / 15.0).to_f32();
+                let z = (-lo / s).round().clamp(0.0, 15.0);
+                grp.iter_mut().for_each(|v| *v = (((*v - lo) / (hi - lo) * 15.0).round() - z) * s);
+            }
+        }
+        l
+    };
+    let exact = MemSource { globals: src.globals.clone(), layers: src.layers.iter().cloned().map(on_grid).collect(), config: c.clone() };
+    let mut sink = CollectSink::default();
+    let rep = quantize::<B>(&exact, &blocks, &options(Mode::Lmdeploy, false, 2), &mut sink, &Default::default(), None, |_| {}).unwrap();
+    for lr in &rep.layers {
+        assert_eq!(lr.rtn_output_mse, Some(0.0), "layer {}: RTN of on-grid weights is exact", lr.layer);
+        assert!(lr.output_mse.unwrap() > 0.0);
+    }
+    assert_eq!(rep.worse_than_rtn, (0..c.num_hidden_layers).collect::<Vec<_>>());
 }

@@ -211,6 +211,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             batch_size: 1,
             n_grid: 20,
             gptq: None,
+            zero_search: false,
             spill: Default::default(),
         };
         let out = std::env::temp_dir().join(format!("awqc-bench-{}", std::process::id()));

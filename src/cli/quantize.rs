@@ -50,6 +50,11 @@ pub struct Args {
     /// (default 0.01).
     #[arg(long)]
     pub gptq_damp: Option<f64>,
+    /// Pick each group's stored (scale, zero) by its calibration output error (weighted least
+    /// squares around min / max, scored with the input Hessian), on all seven linears; same
+    /// format, kept per linear only where it lowers the calibration loss.
+    #[arg(long)]
+    pub zero_search: bool,
     /// Replace existing outputs (and discard a resume state that belongs to another job).
     #[arg(long)]
     pub force: bool,
@@ -104,6 +109,7 @@ fn options(a: &Args) -> Result<QuantizeOptions> {
         batch_size: a.calib.batch_size,
         n_grid: 20,
         gptq: gptq_damp(a)?,
+        zero_search: zero_search(a)?,
         spill: Default::default(),
     })
 }
@@ -124,6 +130,13 @@ fn gptq_damp(a: &Args) -> Result<Option<f64>> {
             Ok(Some(d))
         }
     }
+}
+
+fn zero_search(a: &Args) -> Result<bool> {
+    if a.zero_search && a.calib.calib_samples == 0 {
+        return Err(Error::usage("--zero-search needs calibration data (--calib-samples is 0)"));
+    }
+    Ok(a.zero_search)
 }
 
 fn run_on<B: Backend>(
@@ -287,10 +300,12 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         println!("wrote       {}{}", a.out.display(), a.turbomind_out.as_ref().map(|p| format!(" and {}", p.display())).unwrap_or_default());
         println!("report      {}", rp.display());
         println!(
-            "time        load {:.1}s  calibration {:.1}s  search {:.1}s  clip {:.1}s{}  pack {:.1}s  export {:.1}s",
+            "time        load {:.1}s  calibration {:.1}s  search {:.1}s  clip {:.1}s{}{}{}  pack {:.1}s  check {:.1}s  export {:.1}s",
             t.load, t.calibration, t.search, t.clip,
+            if a.gptq || a.zero_search { format!("  hessians {:.1}s", t.hessians) } else { String::new() },
+            if a.zero_search { format!("  zero-search {:.1}s", t.zero_search) } else { String::new() },
             if a.gptq { format!("  gptq {:.1}s", t.gptq) } else { String::new() },
-            t.pack, t.export
+            t.pack, t.check, t.export
         );
         if let Some(t) = &table {
             println!("\nperplexity ({} windows x {} tokens of {}):", t["windows"], t["seqlen"], t["dataset"]);
@@ -298,6 +313,20 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             for row in t["rows"].as_array().into_iter().flatten() {
                 println!("  {:<8} {:>10.4} {:>10}", row["name"].as_str().unwrap_or(""), row["ppl"].as_f64().unwrap_or(f64::NAN),
                     row["gap"].as_f64().map(|g| format!("{g:+.4}")).unwrap_or_default());
+            }
+        }
+    }
+    // A calibrated model worse than plain rounding is a failed job (the output stays for a look).
+    if let Some(t) = &table {
+        let ppl = |name: &str| t["rows"].as_array().into_iter().flatten().find(|r| r["name"] == name).and_then(|r| r["ppl"].as_f64());
+        let label = t["rows"][2]["name"].as_str().unwrap_or("rtn");
+        if let (Some(q), Some(r)) = (ppl(label), ppl("rtn")) {
+            if label != "rtn" && !(q <= r) {
+                return Err(Error::check(format!(
+                    "the quantized model's perplexity {q:.4} is worse than round-to-nearest's {r:.4} (wikitext2, ci protocol); {} of its layers had a larger output error than round-to-nearest (see {})",
+                    rep.worse_than_rtn.len(),
+                    rp.display()
+                )));
             }
         }
     }
@@ -337,6 +366,7 @@ fn rtn_ppl<B: Backend>(dev: B::Device, src: &HfSource, bits: u32, group: usize, 
         batch_size: 1,
         n_grid: 20,
         gptq: None,
+        zero_search: false,
         spill: Default::default(),
     };
     let mut sink = crate::quant::qmodel::CollectSink::default();

@@ -103,6 +103,9 @@ pub fn map_chunks<B: Backend, T: Send>(
 pub struct FpChain<B: Backend> {
     /// Hidden states entering the next layer, chunks of `[chunk_seqs, seqlen, H]`.
     pub x: Chunks<B>,
+    /// Hidden states that entered the layer last stepped (its output is `x`), kept until the next
+    /// step for the layer's output check.
+    pub prev: Option<Chunks<B>>,
     pub rope: RopeTables<B>,
     pub mask: Tensor<B, 2>,
     pub seqlen: usize,
@@ -132,23 +135,43 @@ impl<B: Backend> FpChain<B> {
         }
         let rope = RopeTables::new(&Rope::from_config(c), seqlen, 0, seqlen, dev);
         let mask = causal_mask::<B>(c.num_attention_heads / c.num_key_value_heads, seqlen, dev);
-        Ok(FpChain { x, rope, mask, seqlen, config: c.clone(), device: dev.clone() })
+        Ok(FpChain { x, prev: None, rope, mask, seqlen, config: c.clone(), device: dev.clone() })
+    }
+
+    /// Mean squared difference, per hidden value, between the full-precision output of the layer
+    /// last stepped and the output of each layer in `layers` (full-precision weights, e.g.
+    /// dequantized) on the same inputs.
+    pub fn output_errors(&self, layers: &[LayerWeights]) -> Result<Vec<f64>> {
+        let prev = self.prev.as_ref().ok_or_else(|| Error::internal("output check before any layer was stepped"))?;
+        let blocks: Vec<DecoderLayer<B>> = layers.iter().map(|w| DecoderLayer::from_host(w, &self.config, &self.device)).collect();
+        let mut sums = vec![0f64; layers.len()];
+        for ci in 0..prev.len() {
+            let (x, fp) = (prev.get(ci)?, self.x.get(ci)?);
+            for (s, b) in sums.iter_mut().zip(&blocks) {
+                let d = b.forward(x.clone(), &self.rope, &self.mask) - fp.clone();
+                *s += download(d.powi_scalar(2).sum()).first().copied().unwrap_or(f32::NAN) as f64;
+            }
+        }
+        let n = (prev.tokens() * self.config.hidden_size).max(1) as f64;
+        Ok(sums.into_iter().map(|s| s / n).collect())
     }
 
     /// Advance the stream through full-precision layer `w` without keeping any inputs (replaying a
     /// layer that an earlier run already finished).
     pub fn advance(&mut self, w: &LayerWeights) -> Result<()> {
+        self.prev = None;
         let layer = DecoderLayer::from_host(w, &self.config, &self.device);
         let (rope, mask) = (&self.rope, &self.mask);
         let mut next = self.x.like();
         map_chunks(&self.x, |x| layer.forward(x, rope, mask), |_, o| next.push(o))?;
-        self.x = next;
+        self.prev = Some(std::mem::replace(&mut self.x, next));
         Ok(())
     }
 
     /// Run full-precision layer `w` (index `i`, for messages) on the stream: capture every linear's
     /// input, and advance the stream to the layer's output.
     pub fn step(&mut self, i: usize, w: &LayerWeights) -> Result<LayerInputs<B>> {
+        self.prev = None;
         let layer = DecoderLayer::from_host(w, &self.config, &self.device);
         let mut ins = LayerInputs {
             attn_in: self.x.like(),
@@ -189,7 +212,7 @@ impl<B: Backend> FpChain<B> {
             ("down_proj input", input_absmax(&ins.stats[3])),
             ("layer output", out_absmax),
         ];
-        self.x = next;
+        self.prev = Some(std::mem::replace(&mut self.x, next));
         Ok(ins)
     }
 }

@@ -24,15 +24,12 @@
 //! only lower the loss it is judged by.
 
 use crate::error::{Error, Result};
-use crate::engine::llama::{download, upload};
 use crate::model::arch::{self, Linear, LinearKind};
 use crate::model::config::ModelConfig;
-use crate::quant::calibrate::LayerInputs;
-use crate::quant::chunks::Chunks;
-use crate::quant::int4::{quantize_value, QuantParams, QuantizedLinear};
+use crate::quant::hessian::{dot, Hessian, LayerHessians};
+use crate::quant::int4::{quantize_value, QuantizedLinear};
 use crate::tensor::HostTensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 use half::f16;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -42,71 +39,6 @@ pub const DEFAULT_DAMP: f64 = 0.01;
 
 /// Output rows rounded together: they share every row of `U` while it is in L1.
 const ROW_TILE: usize = 16;
-
-/// `Σ_t x_t x_tᵀ` (`[K, K]`, row-major, f64) of a linear's calibration inputs.
-#[derive(Debug, Clone)]
-pub struct Hessian {
-    pub k: usize,
-    pub h: Vec<f64>,
-    /// Calibration tokens summed over.
-    pub tokens: usize,
-}
-
-impl Hessian {
-    /// Accumulate the Gram matrix of a chunked `[b, s, K]` input: each chunk's `XᵀX` in f32 on the
-    /// device (one matmul), the chunks summed in f64 in chunk order.
-    pub fn of_inputs<B: Backend>(x: &Chunks<B>) -> Result<Self> {
-        let k = x.width();
-        let mut h = vec![0f64; k * k];
-        for i in 0..x.len() {
-            let c = x.get(i)?;
-            let [b, s, _] = c.dims();
-            let m = c.reshape([b * s, k]);
-            let g = download(m.clone().transpose().matmul(m));
-            for (a, v) in h.iter_mut().zip(g) {
-                *a += v as f64;
-            }
-        }
-        if x.is_empty() {
-            return Err(Error::internal("Hessian of an empty calibration input"));
-        }
-        Ok(Hessian { k, h, tokens: x.tokens() })
-    }
-
-    /// From host rows `[T, K]` (tests).
-    pub fn of_rows(x: &[f64], k: usize) -> Self {
-        let t = x.len() / k;
-        let mut h = vec![0f64; k * k];
-        for r in x.chunks(k) {
-            for i in 0..k {
-                for j in 0..k {
-                    h[i * k + j] += r[i] * r[j];
-                }
-            }
-        }
-        Hessian { k, h, tokens: t }
-    }
-}
-
-/// `Σ a_i b_i` with four partial sums in a fixed order (vectorizes; same bits at any width).
-#[inline]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f64; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..4 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut tail = 0f64;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
-}
 
 /// In place lower Cholesky factor of a symmetric positive-definite `[n, n]` row-major matrix
 /// (the upper triangle is left as is). Column by column; the rows below each pivot in parallel.
@@ -199,16 +131,17 @@ pub struct GptqResult {
     pub seconds: f64,
 }
 
-/// Quantize a `[N, K]` weight `w` with error feedback. Scales and zero points are those
-/// [`QuantizedLinear::quantize`] gives `clipped` (`w` after the clip search, or `w` itself); only
-/// the codes differ, and they aim at `w`, so the feedback also makes up for the clipping. `loss`
-/// maps a dequantized weight to its calibration loss against `w` (the [`GptqResult`] losses).
-pub fn quantize_with_feedback(name: &str, w: &HostTensor, clipped: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams, fb: &Feedback, loss: &dyn Fn(&HostTensor) -> f64) -> Result<(QuantizedLinear, GptqResult)> {
+/// Quantize a `[N, K]` weight `w` with error feedback. `base` is `w` quantized without it (from
+/// the clipped weights, or with the searched (scale, zero)): its scales and zero points are kept,
+/// only the codes change, and they aim at `w`, so the feedback also makes up for the clipping.
+/// `loss` maps a dequantized weight to its calibration loss against `w` (the [`GptqResult`]
+/// losses).
+pub fn quantize_with_feedback(name: &str, w: &HostTensor, base: QuantizedLinear, fb: &Feedback, loss: &dyn Fn(&HostTensor) -> f64) -> Result<(QuantizedLinear, GptqResult)> {
     let start = std::time::Instant::now();
-    if clipped.shape != w.shape {
-        return Err(Error::internal(format!("{name}: clipped weight {:?} for weight {:?}", clipped.shape, w.shape)));
+    if [base.n, base.k] != [w.dims2().0, w.dims2().1] {
+        return Err(Error::internal(format!("{name}: quantized base [{}, {}] for weight {:?}", base.n, base.k, w.shape)));
     }
-    let rtn = QuantizedLinear::quantize(name, clipped, bias, p)?;
+    let (p, rtn) = (base.params, base);
     let (n, k) = w.dims2();
     if k != fb.k {
         return Err(Error::internal(format!("{name}: weight has {k} inputs, its Hessian {}", fb.k)));
@@ -246,41 +179,32 @@ pub fn quantize_with_feedback(name: &str, w: &HostTensor, clipped: &HostTensor, 
     Ok((if kept { gq } else { rtn }, r))
 }
 
-/// The feedback factors of one decoder layer's four linear inputs, with their (undamped)
-/// Hessians on the device for the calibration losses.
-pub struct LayerFeedback<B: Backend> {
-    /// q/k/v, o, gate/up, down inputs: factor, `[K, K]` f32 Hessian, calibration tokens.
-    inputs: Vec<(Feedback, Tensor<B, 2>, usize)>,
-    device: B::Device,
+/// The feedback factors of one decoder layer's four linear inputs.
+pub struct LayerFeedback {
+    /// q/k/v, o, gate/up, down inputs.
+    inputs: Vec<Feedback>,
 }
 
-impl<B: Backend> LayerFeedback<B> {
-    /// From the layer's cached (scaled) inputs; `c` and `layer` name an input in errors.
-    pub fn new(c: &ModelConfig, layer: usize, ins: &LayerInputs<B>, damp: f64, dev: &B::Device) -> Result<Self> {
+impl LayerFeedback {
+    /// From the layer's input Hessians; `c` and `layer` name an input in errors.
+    pub fn new<B: Backend>(c: &ModelConfig, layer: usize, hs: &LayerHessians<B>, damp: f64) -> Result<Self> {
         let inputs = [LinearKind::Q, LinearKind::O, LinearKind::Gate, LinearKind::Down]
             .into_iter()
-            .map(|k| {
-                let h = Hessian::of_inputs(ins.of(k))?;
-                let what = format!("{} input", arch::linear_module(c.arch, layer, k));
-                let f = Feedback::new(&what, &h, damp)?;
-                let hd = upload(h.h.iter().map(|&v| v as f32).collect(), [h.k, h.k], dev);
-                Ok((f, hd, h.tokens))
-            })
+            .map(|k| Feedback::new(&format!("{} input", arch::linear_module(c.arch, layer, k)), hs.of(k), damp))
             .collect::<Result<Vec<_>>>()?;
-        Ok(LayerFeedback { inputs, device: dev.clone() })
+        Ok(LayerFeedback { inputs })
     }
 
     /// Quantize linear `k` of a layer with error feedback: `target` its scaled weight (and bias),
-    /// `clipped` the same after clipping (the stored scales and zeros are its).
-    pub fn quantize(&self, name: &str, k: LinearKind, target: &Linear, clipped: &HostTensor, p: QuantParams) -> Result<(QuantizedLinear, GptqResult)> {
-        let (f, h, tokens) = &self.inputs[match k {
+    /// `base` the same quantized without feedback (whose scales and zeros are kept).
+    pub fn quantize<B: Backend>(&self, name: &str, k: LinearKind, target: &Linear, base: QuantizedLinear, hs: &LayerHessians<B>) -> Result<(QuantizedLinear, GptqResult)> {
+        let f = &self.inputs[match k {
             LinearKind::Q | LinearKind::K | LinearKind::V => 0,
             LinearKind::O => 1,
             LinearKind::Gate | LinearKind::Up => 2,
             LinearKind::Down => 3,
         }];
-        let loss = |dq: &HostTensor| crate::quant::search::gram_loss(h, &target.w, dq, *tokens, &self.device);
-        quantize_with_feedback(name, &target.w, clipped, target.b.clone(), p, f, &loss)
+        quantize_with_feedback(name, &target.w, base, f, &|dq: &HostTensor| hs.loss(k, &target.w, dq))
     }
 }
 
@@ -293,7 +217,7 @@ fn deq(c: u8, s: f16, z: u8) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::int4::group_params;
+    use crate::quant::int4::{group_params, QuantParams};
 
     impl Hessian {
         /// `Σ_n Δw_n H Δw_nᵀ` for weight errors `dw` (`[N, K]`): the squared output error summed over
@@ -442,7 +366,7 @@ mod tests {
         let p = QuantParams::new(4, g).unwrap();
         let (w, h) = problem(n, k, 300);
         let fb = Feedback::new("test", &h, DEFAULT_DAMP).unwrap();
-        let (ql, r) = quantize_with_feedback("m.test", &w, &w, None, p, &fb, &mean_loss(&h, &w)).unwrap();
+        let (ql, r) = quantize_with_feedback("m.test", &w, QuantizedLinear::quantize("m.test", &w, None, p).unwrap(), &fb, &mean_loss(&h, &w)).unwrap();
         // Reference on the same damped Hessian.
         let mut hd = h.h.clone();
         let mean = (0..k).map(|i| hd[i * k + i]).sum::<f64>() / k as f64;
@@ -476,7 +400,7 @@ mod tests {
             h.h[i * k + i] = 1.0 + i as f64;
         }
         let fb = Feedback::new("t", &h, DEFAULT_DAMP).unwrap();
-        let (ql, _) = quantize_with_feedback("t", &w, &w, None, p, &fb, &mean_loss(&h, &w)).unwrap();
+        let (ql, _) = quantize_with_feedback("t", &w, QuantizedLinear::quantize("t", &w, None, p).unwrap(), &fb, &mean_loss(&h, &w)).unwrap();
         assert_eq!(ql.q, QuantizedLinear::quantize("t", &w, None, p).unwrap().q);
 
         let (w, h) = problem(40, 96, 200);
@@ -485,7 +409,7 @@ mod tests {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 let fb = Feedback::new("t", &h, DEFAULT_DAMP).unwrap();
-                (quantize_with_feedback("t", &w, &w, None, QuantParams::new(4, 32).unwrap(), &fb, &mean_loss(&h, &w)).unwrap().0, fb.u)
+                (quantize_with_feedback("t", &w, QuantizedLinear::quantize("t", &w, None, QuantParams::new(4, 32).unwrap()).unwrap(), &fb, &mean_loss(&h, &w)).unwrap().0, fb.u)
             })
         };
         let (a, b) = (run(1), run(3));

@@ -141,9 +141,26 @@ pub struct QuantizedLinear {
 }
 
 impl QuantizedLinear {
-    /// Quantize a `[N, K]` weight. `name` is used in errors. Rows are independent, so the result
-    /// does not depend on the thread count.
+    /// Quantize a `[N, K]` weight with each group's own min / max parameters ([`group_params`]).
+    /// `name` is used in errors. Rows are independent, so the result does not depend on the thread
+    /// count.
     pub fn quantize(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams) -> Result<Self> {
+        Self::quantize_with(name, w, bias, p, |_, vals| group_params(vals, p.max_q()))
+    }
+
+    /// Quantize a `[N, K]` weight with given (scale, zero) per (row, group) (`[N * K/g]`, e.g. from
+    /// the (scale, zero) search): the codes are `clamp(round(w / scale) + zero)`.
+    pub fn quantize_with_params(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams, params: &[(f16, u8)]) -> Result<Self> {
+        let (n, k) = w.dims2();
+        if params.len() != n * (k / p.group) {
+            return Err(Error::internal(format!("{name}: {} group parameters for a [{n}, {k}] weight in groups of {}", params.len(), p.group)));
+        }
+        Self::quantize_with(name, w, bias, p, |cell, _| params[cell])
+    }
+
+    /// The quantizer with the (scale, zero) of (row, group) cell `row·K/g + group` given by
+    /// `params(cell, values)`.
+    fn quantize_with(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams, params: impl Fn(usize, &[f32]) -> (f16, u8) + Sync) -> Result<Self> {
         let (n, k) = w.dims2();
         p.check_divides(name, k)?;
         if let Some(i) = w.data.iter().position(|v| !v.is_finite()) {
@@ -163,7 +180,7 @@ impl QuantizedLinear {
                 let wr = &w.data[row * k..(row + 1) * k];
                 for gi in 0..groups {
                     let vals = &wr[gi * g..(gi + 1) * g];
-                    let (s, z) = group_params(vals, max_q);
+                    let (s, z) = params(row * groups + gi, vals);
                     sr[gi] = s;
                     zr[gi] = z;
                     let sf = s.to_f32();

@@ -1,5 +1,6 @@
 //! Quantization: the INT4 quantizer, activation statistics, the calibration chain, AWQ scale
-//! search, folding, clipping, and the layer-by-layer pipeline.
+//! search, folding, clipping, GPTQ feedback, the (scale, zero) search, and the layer-by-layer
+//! pipeline.
 #[cfg(feature = "engine")]
 pub mod calibrate;
 #[cfg(feature = "engine")]
@@ -9,6 +10,8 @@ pub mod clip;
 pub mod fold;
 #[cfg(feature = "engine")]
 pub mod gptq;
+#[cfg(feature = "engine")]
+pub mod hessian;
 pub mod int4;
 #[cfg(feature = "engine")]
 pub mod pipeline;
@@ -18,3 +21,5 @@ pub mod resume;
 #[cfg(feature = "engine")]
 pub mod search;
 pub mod stats;
+#[cfg(feature = "engine")]
+pub mod zero_search;

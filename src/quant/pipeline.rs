@@ -7,7 +7,10 @@
 //!    lmdeploy's smoothing scales (`--mode lmdeploy`);
 //! 3. fold the scales into norms / producer linears and divide the cached inputs by them;
 //! 4. search weight clipping on the scaled inputs (awq mode, not q/k);
-//! 5. quantize the seven linears and hand the layer to the sink (the exporters).
+//! 5. quantize the seven linears (optionally with the (scale, zero) search and GPTQ's feedback,
+//!    from the scaled inputs' Hessians);
+//! 6. compare the layer's output error with round-to-nearest's (a warning where it is worse) and
+//!    hand the layer to the sink (the exporters).
 //! Without calibration data (`--calib-samples 0`) the weights are quantized round-to-nearest.
 
 use crate::engine::llama::{upload, Attention, LinearB, Mlp};
@@ -21,9 +24,11 @@ use crate::quant::clip::{apply_clip, clip_linear, subsample_tokens, ClipResult};
 use crate::quant::resume::{JobState, LayerResult};
 use crate::quant::fold::{fold_group, normalize_scales, zero_norm_channels};
 use crate::quant::gptq::{GptqResult, LayerFeedback};
+use crate::quant::hessian::LayerHessians;
 use crate::quant::int4::{QuantParams, QuantizedLinear};
 use crate::quant::qmodel::{QuantSink, QuantizedLayer};
 use crate::quant::search::{search_group, GroupSearch, Inspect};
+use crate::quant::zero_search::{search_linear, ZeroSearchResult};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::Serialize;
@@ -114,6 +119,8 @@ pub struct QuantizeOptions {
     pub n_grid: usize,
     /// GPTQ error feedback after scaling and clipping, with this dampening (`--gptq`).
     pub gptq: Option<f64>,
+    /// Search each group's (scale, zero) against its calibration output error (`--zero-search`).
+    pub zero_search: bool,
     /// Where the calibration activations live (`--max-memory`); never changes the output.
     #[serde(skip)]
     pub spill: SpillPolicy,
@@ -128,6 +135,9 @@ pub struct LayerReport {
     /// GPTQ pass per linear (`--gptq`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gptq: Vec<GptqResult>,
+    /// (scale, zero) search per linear (`--zero-search`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zero_search: Vec<ZeroSearchResult>,
     pub seconds: f64,
     /// Replayed from a resume state rather than computed in this run.
     #[serde(default)]
@@ -135,6 +145,13 @@ pub struct LayerReport {
     /// Largest |activation| among the layer's linear inputs and its output (full-precision chain).
     #[serde(default)]
     pub act_absmax: f64,
+    /// Mean squared error per hidden value of the layer's output, quantized as written and
+    /// round-to-nearest from the original weights, against the full-precision layer on the same
+    /// calibration inputs (calibrated runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_mse: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtn_output_mse: Option<f64>,
     /// Problems worth a look that do not stop the job (e.g. activations beyond fp16's range).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -147,9 +164,15 @@ pub struct Timings {
     pub calibration: f64,
     pub search: f64,
     pub clip: f64,
-    /// Hessians, their factors and the GPTQ rounding (`--gptq`).
+    /// The linears' input Hessians (`--gptq`, `--zero-search`).
+    pub hessians: f64,
+    /// GPTQ's factors and rounding (`--gptq`).
     pub gptq: f64,
+    /// The (scale, zero) search (`--zero-search`).
+    pub zero_search: f64,
     pub pack: f64,
+    /// The per-layer output check against round-to-nearest.
+    pub check: f64,
     pub export: f64,
 }
 
@@ -162,6 +185,8 @@ pub struct QuantReport {
     pub search_flops: f64,
     /// Activation chunks written to disk under `--max-memory` (0: everything stayed in memory).
     pub chunks_spilled: usize,
+    /// Layers whose quantized output error exceeds round-to-nearest's (each also a warning).
+    pub worse_than_rtn: Vec<usize>,
 }
 
 fn check_finite(i: usize, w: &LayerWeights, c: &ModelConfig) -> Result<()> {
@@ -202,17 +227,40 @@ pub fn quantize_layer(c: &ModelConfig, i: usize, w: &LayerWeights, p: QuantParam
     layer_of(w, |k, l| QuantizedLinear::quantize(&arch::linear_module(c.arch, i, k), &l.w, l.b.clone(), p))
 }
 
-/// Quantize every linear of a scaled layer with GPTQ's error feedback: (scale, zero) from the
-/// clipped weights `w`, the feedback aiming at the unclipped ones (`target`), so that it also
-/// compensates the clipping. Also returns what the pass did per linear.
-fn quantize_layer_gptq<B: Backend>(c: &ModelConfig, i: usize, w: &LayerWeights, target: &LayerWeights, p: QuantParams, fb: &LayerFeedback<B>) -> Result<(QuantizedLayer, Vec<GptqResult>)> {
-    let mut results = Vec::new();
-    let ql = layer_of(w, |k, l| {
-        let (ql, r) = fb.quantize(&arch::linear_module(c.arch, i, k), k, target.linear(k), &l.w, p)?;
-        results.push(r);
-        Ok(ql)
-    })?;
-    Ok((ql, results))
+/// Quantize every linear of a scaled layer with what the calibration inputs allow beyond min /
+/// max rounding of the clipped weights `w`: the (scale, zero) search (kept per linear where it
+/// lowers the calibration loss) and / or GPTQ's error feedback, both aiming at the unclipped
+/// weights `target`. Their reports go to `lr`, their times to `t`.
+#[allow(clippy::too_many_arguments)]
+fn quantize_layer_refined<B: Backend>(c: &ModelConfig, i: usize, w: &LayerWeights, target: &LayerWeights, p: QuantParams, hs: &LayerHessians<B>, fb: Option<&LayerFeedback>, zero_search: bool, lr: &mut LayerReport, t: &mut Timings) -> Result<QuantizedLayer> {
+    layer_of(w, |k, clipped| {
+        let name = arch::linear_module(c.arch, i, k);
+        let tl = target.linear(k);
+        let mut base = QuantizedLinear::quantize(&name, &clipped.w, tl.b.clone(), p)?;
+        if zero_search {
+            let t0 = Instant::now();
+            let zs = search_linear(&name, &tl.w, &clipped.w, hs.of(k), p)?;
+            let cand = QuantizedLinear::quantize_with_params(&name, &zs.source, tl.b.clone(), p, &zs.params)?;
+            let (loss_minmax, loss_search) = (hs.loss(k, &tl.w, &base.dequantize()), hs.loss(k, &tl.w, &cand.dequantize()));
+            let kept = loss_search <= loss_minmax;
+            if kept {
+                base = cand;
+            }
+            let seconds = t0.elapsed().as_secs_f64();
+            t.zero_search += seconds;
+            lr.zero_search.push(ZeroSearchResult { linear: k.short().to_string(), loss_minmax, loss_search, kept, changed_fraction: zs.changed_fraction, seconds });
+        }
+        match fb {
+            Some(fb) => {
+                let t0 = Instant::now();
+                let (ql, r) = fb.quantize(&name, k, tl, base, hs)?;
+                t.gptq += t0.elapsed().as_secs_f64();
+                lr.gptq.push(r);
+                Ok(ql)
+            }
+            None => Ok(base),
+        }
+    })
 }
 
 /// A quantized layer from one quantizer applied to each of the seven linears in order.
@@ -377,14 +425,16 @@ pub fn quantize<B: Backend>(
         rep.timings.load += t0.elapsed().as_secs_f64();
         check_finite(i, &w, &c)?;
         let mut lr = LayerReport { layer: i, ..Default::default() };
-        // The layer's scaled inputs and scaled, unclipped weights, kept for the GPTQ pass.
-        let mut gptq_inputs: Option<(LayerInputs<B>, LayerWeights)> = None;
+        // The layer's scaled inputs and scaled, unclipped weights, kept for the GPTQ pass and the
+        // (scale, zero) search.
+        let refine = opts.gptq.is_some() || opts.zero_search;
+        let mut refine_inputs: Option<(LayerInputs<B>, LayerWeights)> = None;
 
         let replay = resume.filter(|(_, done)| i < *done).map(|(st, _)| st);
         if let (Some(chain), Some(st)) = (chain.as_mut(), replay) {
             // A layer finished by an earlier run: advance the stream and re-apply its result.
             let t0 = Instant::now();
-            let mut ins = if opts.gptq.is_some() {
+            let mut ins = if refine {
                 Some(chain.step(i, &w)?)
             } else {
                 chain.advance(&w)?;
@@ -398,7 +448,7 @@ pub fn quantize<B: Backend>(
                     scale_inputs(ins.group_mut(*g), s, dev)?;
                 }
             }
-            gptq_inputs = ins.map(|ins| (ins, w.clone()));
+            refine_inputs = ins.map(|ins| (ins, w.clone()));
             for (k, c) in &r.clips {
                 apply_clip(&mut w.linear_mut(*k).w, c, p.group);
             }
@@ -486,7 +536,7 @@ pub fn quantize<B: Backend>(
             }
             rep.timings.search += t0.elapsed().as_secs_f64();
 
-            let unclipped = opts.gptq.is_some().then(|| w.clone());
+            let unclipped = refine.then(|| w.clone());
 
             // 4. clip search: every linear but q and k.
             let mut clips: Vec<(LinearKind, Vec<f32>)> = Vec::new();
@@ -507,34 +557,44 @@ pub fn quantize<B: Backend>(
             if let Some((st, _)) = resume {
                 st.save_layer(i, &LayerResult { scales, clips, report: lr.clone() })?;
             }
-            gptq_inputs = unclipped.map(|u| (ins, u));
+            refine_inputs = unclipped.map(|u| (ins, u));
         }
 
-        // 5. quantize (GPTQ: with error feedback from the scaled inputs) and export.
-        let fb = match (opts.gptq, gptq_inputs.take()) {
-            (Some(damp), Some((ins, unclipped))) => {
+        // 5. quantize (the (scale, zero) search and GPTQ's feedback from the scaled inputs' Hessians)
+        //    and export.
+        let ql = match refine_inputs.take() {
+            Some((ins, unclipped)) => {
                 let t0 = Instant::now();
-                let fb = LayerFeedback::new(&c, i, &ins, damp, dev)?;
+                let hs = LayerHessians::new(&ins, dev)?;
+                drop(ins);
+                rep.timings.hessians += t0.elapsed().as_secs_f64();
+                let t0 = Instant::now();
+                let fb = opts.gptq.map(|damp| LayerFeedback::new(&c, i, &hs, damp)).transpose()?;
                 rep.timings.gptq += t0.elapsed().as_secs_f64();
-                Some((fb, unclipped))
-            }
-            _ => None,
-        };
-        let t0 = Instant::now();
-        let ql = match fb {
-            Some((fb, unclipped)) => {
-                let (ql, r) = quantize_layer_gptq(&c, i, &w, &unclipped, p, &fb)?;
-                rep.timings.gptq += t0.elapsed().as_secs_f64();
-                lr.gptq = r;
-                ql
+                quantize_layer_refined(&c, i, &w, &unclipped, p, &hs, fb.as_ref(), opts.zero_search, &mut lr, &mut rep.timings)?
             }
             None => {
+                let t0 = Instant::now();
                 let ql = quantize_layer(&c, i, &w, p)?;
                 rep.timings.pack += t0.elapsed().as_secs_f64();
                 ql
             }
         };
         drop(w);
+        // 6. the layer's output error against round-to-nearest of its original weights (the
+        //    peers' silent failure: a "calibrated" layer worse than plain rounding).
+        if let Some(chain) = chain.as_ref() {
+            let t0 = Instant::now();
+            let rtn = quantize_layer(&c, i, &src.layer(i)?, p)?;
+            let errs = chain.output_errors(&[ql.dequantized(), rtn.dequantized()])?;
+            let (e, e_rtn) = (errs[0], errs[1]);
+            (lr.output_mse, lr.rtn_output_mse) = (Some(e), Some(e_rtn));
+            if e > e_rtn {
+                rep.worse_than_rtn.push(i);
+                lr.warnings.push(format!("layer {i}: the quantized layer's output error {e:.3e} exceeds round-to-nearest's {e_rtn:.3e} on the calibration inputs"));
+            }
+            rep.timings.check += t0.elapsed().as_secs_f64();
+        }
         let t0 = Instant::now();
         sink.write_layer(i, &ql)?;
         rep.timings.export += t0.elapsed().as_secs_f64();

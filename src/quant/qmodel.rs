@@ -93,19 +93,25 @@ impl QuantSink for CollectSink {
 impl QuantizedModel {
     /// Dequantized layer `i` in canonical full-precision form (for the engine and for checks).
     pub fn dequantized_layer(&self, i: usize) -> crate::model::arch::LayerWeights {
+        self.layers[i].dequantized()
+    }
+}
+
+impl QuantizedLayer {
+    /// The layer in canonical full-precision form: dequantized weights, its norms.
+    pub fn dequantized(&self) -> crate::model::arch::LayerWeights {
         use crate::model::arch::{LayerWeights, Linear};
-        let l = &self.layers[i];
         let lin = |q: &QuantizedLinear| Linear { w: q.dequantize(), b: q.bias.clone() };
         LayerWeights {
-            attn_norm: l.attn_norm.clone(),
-            q: lin(&l.q),
-            k: lin(&l.k),
-            v: lin(&l.v),
-            o: lin(&l.o),
-            mlp_norm: l.mlp_norm.clone(),
-            gate: lin(&l.gate),
-            up: lin(&l.up),
-            down: lin(&l.down),
+            attn_norm: self.attn_norm.clone(),
+            q: lin(&self.q),
+            k: lin(&self.k),
+            v: lin(&self.v),
+            o: lin(&self.o),
+            mlp_norm: self.mlp_norm.clone(),
+            gate: lin(&self.gate),
+            up: lin(&self.up),
+            down: lin(&self.down),
         }
     }
 }

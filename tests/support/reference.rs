@@ -36,11 +36,31 @@ fn rope(v: &mut [f64], p: usize, theta: f64) {
 }
 
 pub fn reference_logits(c: &ModelConfig, g: &GlobalWeights, layers: &[LayerWeights], ids: &[u32]) -> Vec<Vec<f64>> {
+    let mut x = reference_embed(g, ids);
+    for l in layers {
+        x = reference_layer(c, l, x);
+    }
+    let head = g.lm_head.as_ref().unwrap_or(&g.embed);
+    x.iter()
+        .map(|r| {
+            let n = rms(r, &g.norm, c.rms_norm_eps);
+            (0..c.vocab_size).map(|vi| head.row(vi).iter().zip(&n).map(|(&w, v)| w as f64 * v).sum()).collect()
+        })
+        .collect()
+}
+
+/// The embedding rows of `ids`, `[T][H]`.
+#[allow(dead_code)]
+pub fn reference_embed(g: &GlobalWeights, ids: &[u32]) -> Vec<Vec<f64>> {
+    ids.iter().map(|&i| g.embed.row(i as usize).iter().map(|&v| v as f64).collect()).collect()
+}
+
+/// One decoder layer on the hidden states `x` (`[T][H]`, one sequence from position 0).
+pub fn reference_layer(c: &ModelConfig, l: &LayerWeights, mut x: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
     let d = c.head_dim;
     let (hq, hkv) = (c.num_attention_heads, c.num_key_value_heads);
-    let t = ids.len();
-    let mut x: Vec<Vec<f64>> = ids.iter().map(|&i| g.embed.row(i as usize).iter().map(|&v| v as f64).collect()).collect();
-    for l in layers {
+    let t = x.len();
+    {
         let n1: Vec<Vec<f64>> = x.iter().map(|r| rms(r, &l.attn_norm, c.rms_norm_eps)).collect();
         let mut q: Vec<Vec<f64>> = n1.iter().map(|r| linear(&l.q, r)).collect();
         let mut k: Vec<Vec<f64>> = n1.iter().map(|r| linear(&l.k, r)).collect();
@@ -86,12 +106,6 @@ pub fn reference_logits(c: &ModelConfig, g: &GlobalWeights, layers: &[LayerWeigh
             }
         }
     }
-    let head = g.lm_head.as_ref().unwrap_or(&g.embed);
-    x.iter()
-        .map(|r| {
-            let n = rms(r, &g.norm, c.rms_norm_eps);
-            (0..c.vocab_size).map(|vi| head.row(vi).iter().zip(&n).map(|(&w, v)| w as f64 * v).sum()).collect()
-        })
-        .collect()
+    x
 }
 
