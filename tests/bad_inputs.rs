@@ -851,6 +851,8 @@ fn quantize_flags_and_outputs_are_checked_before_any_work() {
         &dir,
     );
     r.refused("quantize --batch-size 0", q(&dir.join("bs0"), &["--batch-size", "0"]), USAGE, &["--batch-size must be at least 1"], &dir);
+    r.refused("--zero-search without calibration", q(&dir.join("zs0"), &["--w-group-size", "64", "--zero-search"]), USAGE, &["--zero-search needs calibration data (--calib-samples is 0)"], &dir);
+    r.refused("--calib-sampling unknown", q(&dir.join("cs"), &["--calib-sampling", "shuffled"]), USAGE, &["--calib-sampling", "shuffled"], &dir);
     r.refused(
         "calibrate --batch-size 0",
         args(&[&"calibrate", &"--model", &b.hf, &"--out", &dir.join("bs0.safetensors"), &"--calib-samples", &"1", &"--batch-size", &"0"]),
