@@ -218,6 +218,7 @@ fn deq(c: u8, s: f16, z: u8) -> f64 {
 mod tests {
     use super::*;
     use crate::quant::int4::{group_params, QuantParams};
+    use crate::quant::hessian::test_values as rnd;
 
     impl Hessian {
         /// `Σ_n Δw_n H Δw_nᵀ` for weight errors `dw` (`[N, K]`): the squared output error summed over
@@ -251,17 +252,6 @@ mod tests {
     /// Group parameters a weight is stored with, `[N * K/g]`.
     fn static_params(w: &HostTensor, p: QuantParams) -> Vec<(f16, u8)> {
         w.data.chunks(p.group).map(|v| group_params(v, p.max_q())).collect()
-    }
-
-    /// Deterministic pseudo-random numbers in [-1, 1).
-    fn rnd(seed: u64, n: usize) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     /// Inputs with correlated channels (a random mixing of fewer sources) and a few outliers.

@@ -132,3 +132,15 @@ impl<B: Backend> LayerHessians<B> {
         crate::quant::search::gram_loss(&self.device[i], w, dq, self.host[i].tokens, &self.dev)
     }
 }
+
+/// Deterministic pseudo-random numbers in [-1, 1) (an LCG), for the unit tests of the Hessian's users.
+#[cfg(test)]
+pub(crate) fn test_values(seed: u64, n: usize) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}

@@ -225,17 +225,8 @@ fn search_group(t: &[f32], b: &[f32], hb: &[f64], max_q: u32) -> Candidate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::hessian::test_values as rnd;
     use crate::quant::int4::QuantizedLinear;
-
-    fn rnd(seed: u64, n: usize) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Inputs whose channels differ in magnitude by up to 30x, with some correlation.
     fn inputs(t: usize, k: usize, seed: u64) -> Vec<f64> {
