@@ -292,7 +292,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         let mut r = report;
         r["report_file"] = json!(rp.display().to_string());
         if let Some(t) = &table {
-            r["eval"] = t.clone();
+            r["eval"] = t.json();
         }
         crate::cli::print_json(&r);
     } else {
@@ -308,37 +308,60 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             t.pack, t.check, t.export
         );
         if let Some(t) = &table {
-            println!("\nperplexity ({} windows x {} tokens of {}):", t["windows"], t["seqlen"], t["dataset"]);
+            println!("\nperplexity ({} windows x {} tokens of {}):", EVAL_WINDOWS, EVAL_SEQLEN, EVAL_DATASET);
             println!("  {:<8} {:>10} {:>10}", "model", "PPL", "gap");
-            for row in t["rows"].as_array().into_iter().flatten() {
-                println!("  {:<8} {:>10.4} {:>10}", row["name"].as_str().unwrap_or(""), row["ppl"].as_f64().unwrap_or(f64::NAN),
-                    row["gap"].as_f64().map(|g| format!("{g:+.4}")).unwrap_or_default());
+            for (name, ppl, gap) in t.rows() {
+                println!("  {:<8} {:>10.4} {:>10}", name, ppl, gap.map(|g| format!("{g:+.4}")).unwrap_or_default());
             }
         }
     }
     // A calibrated model worse than plain rounding is a failed job (the output stays for a look).
     if let Some(t) = &table {
-        let ppl = |name: &str| t["rows"].as_array().into_iter().flatten().find(|r| r["name"] == name).and_then(|r| r["ppl"].as_f64());
-        let label = t["rows"][2]["name"].as_str().unwrap_or("rtn");
-        if let (Some(q), Some(r)) = (ppl(label), ppl("rtn")) {
-            if label != "rtn" && !(q <= r) {
-                return Err(Error::check(format!(
-                    "the quantized model's perplexity {q:.4} is worse than round-to-nearest's {r:.4} (wikitext2, ci protocol); {} of its layers had a larger output error than round-to-nearest (see {})",
-                    rep.worse_than_rtn.len(),
-                    rp.display()
-                )));
-            }
+        if t.label != "rtn" && !(t.quantized <= t.rtn) {
+            return Err(Error::check(format!(
+                "the quantized model's perplexity {:.4} is worse than round-to-nearest's {:.4} ({EVAL_DATASET}, ci protocol); {} of its layers had a larger output error than round-to-nearest (see {})",
+                t.quantized,
+                t.rtn,
+                rep.worse_than_rtn.len(),
+                rp.display()
+            )));
         }
     }
     Ok(())
 }
 
+/// The `--eval` protocol ("ci"): windows of the evaluation text.
+const EVAL_DATASET: &str = "wikitext2";
+const EVAL_SEQLEN: usize = 512;
+const EVAL_WINDOWS: usize = 32;
+
+/// fp / RTN / quantized perplexity (`--eval`).
+struct EvalTable {
+    fp: f64,
+    rtn: f64,
+    quantized: f64,
+    /// The quantized model's row: awq, lmdeploy, or rtn when nothing was calibrated.
+    label: &'static str,
+}
+
+impl EvalTable {
+    /// (name, PPL, gap to fp) per row.
+    fn rows(&self) -> [(&'static str, f64, Option<f64>); 3] {
+        [("fp", self.fp, None), ("rtn", self.rtn, Some(self.rtn - self.fp)), (self.label, self.quantized, Some(self.quantized - self.fp))]
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let rows: Vec<_> = self.rows().iter().map(|(name, ppl, gap)| json!({"name": name, "ppl": ppl, "gap": gap})).collect();
+        json!({"dataset": EVAL_DATASET, "seqlen": EVAL_SEQLEN, "windows": EVAL_WINDOWS, "rows": rows})
+    }
+}
+
 /// fp / RTN / quantized perplexity on the ci protocol. RTN is computed in memory.
-fn eval_table(a: &Args, src: &HfSource, model: &Path, tok: &Tokenizer, kind: DeviceKind) -> Result<serde_json::Value> {
-    let (seqlen, windows) = (512usize, Some(32usize));
-    let text = crate::cli::eval::eval_text("wikitext2", None, a.calib.data_dir.as_deref())?;
-    let fp = crate::cli::eval::evaluate(model, tok, &text, "wikitext2", seqlen, windows, kind)?.result.ppl;
-    let q = crate::cli::eval::evaluate(&a.out, tok, &text, "wikitext2", seqlen, windows, kind)?.result.ppl;
+fn eval_table(a: &Args, src: &HfSource, model: &Path, tok: &Tokenizer, kind: DeviceKind) -> Result<EvalTable> {
+    let (seqlen, windows) = (EVAL_SEQLEN, Some(EVAL_WINDOWS));
+    let text = crate::cli::eval::eval_text(EVAL_DATASET, None, a.calib.data_dir.as_deref())?;
+    let fp = crate::cli::eval::evaluate(model, tok, &text, EVAL_DATASET, seqlen, windows, kind)?.result.ppl;
+    let quantized = crate::cli::eval::evaluate(&a.out, tok, &text, EVAL_DATASET, seqlen, windows, kind)?.result.ppl;
     let tokens = tok.encode(&text)?;
     let rtn = crate::with_backend!(kind, rtn_ppl(src, a.w_bits, a.w_group_size, &tokens, seqlen, windows))?;
     let label = match a.mode {
@@ -346,14 +369,7 @@ fn eval_table(a: &Args, src: &HfSource, model: &Path, tok: &Tokenizer, kind: Dev
         Mode::Lmdeploy if a.calib.calib_samples > 0 => "lmdeploy",
         _ => "rtn",
     };
-    Ok(json!({
-        "dataset": "wikitext2", "seqlen": seqlen, "windows": windows,
-        "rows": [
-            {"name": "fp", "ppl": fp, "gap": null},
-            {"name": "rtn", "ppl": rtn, "gap": rtn - fp},
-            {"name": label, "ppl": q, "gap": q - fp},
-        ]
-    }))
+    Ok(EvalTable { fp, rtn, quantized, label })
 }
 
 fn rtn_ppl<B: Backend>(dev: B::Device, src: &HfSource, bits: u32, group: usize, tokens: &[u32], seqlen: usize, windows: Option<usize>) -> Result<f64> {
