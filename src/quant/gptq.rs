@@ -26,7 +26,7 @@
 use crate::error::{Error, Result};
 use crate::model::arch::{self, Linear, LinearKind};
 use crate::model::config::ModelConfig;
-use crate::quant::hessian::{dot, Hessian, LayerHessians};
+use crate::quant::hessian::{dot, input_of, Hessian, LayerHessians, INPUT_READERS};
 use crate::quant::int4::{quantize_value, QuantizedLinear};
 use crate::tensor::HostTensor;
 use burn::tensor::backend::Backend;
@@ -188,7 +188,7 @@ pub struct LayerFeedback {
 impl LayerFeedback {
     /// From the layer's input Hessians; `c` and `layer` name an input in errors.
     pub fn new<B: Backend>(c: &ModelConfig, layer: usize, hs: &LayerHessians<B>, damp: f64) -> Result<Self> {
-        let inputs = [LinearKind::Q, LinearKind::O, LinearKind::Gate, LinearKind::Down]
+        let inputs = INPUT_READERS
             .into_iter()
             .map(|k| Feedback::new(&format!("{} input", arch::linear_module(c.arch, layer, k)), hs.of(k), damp))
             .collect::<Result<Vec<_>>>()?;
@@ -198,12 +198,7 @@ impl LayerFeedback {
     /// Quantize linear `k` of a layer with error feedback: `target` its scaled weight (and bias),
     /// `base` the same quantized without feedback (whose scales and zeros are kept).
     pub fn quantize<B: Backend>(&self, name: &str, k: LinearKind, target: &Linear, base: QuantizedLinear, hs: &LayerHessians<B>) -> Result<(QuantizedLinear, GptqResult)> {
-        let f = &self.inputs[match k {
-            LinearKind::Q | LinearKind::K | LinearKind::V => 0,
-            LinearKind::O => 1,
-            LinearKind::Gate | LinearKind::Up => 2,
-            LinearKind::Down => 3,
-        }];
+        let f = &self.inputs[input_of(k)];
         quantize_with_feedback(name, &target.w, base, f, &|dq: &HostTensor| hs.loss(k, &target.w, dq))
     }
 }

@@ -99,8 +99,11 @@ pub struct LayerHessians<B: Backend> {
     dev: B::Device,
 }
 
-/// Which of the layer's four inputs linear `k` reads.
-fn input_of(k: LinearKind) -> usize {
+/// One reader of each of the layer's four inputs, in the order of [`input_of`].
+pub(crate) const INPUT_READERS: [LinearKind; 4] = [LinearKind::Q, LinearKind::O, LinearKind::Gate, LinearKind::Down];
+
+/// Which of the layer's four inputs (q/k/v, o, gate/up, down) linear `k` reads.
+pub(crate) fn input_of(k: LinearKind) -> usize {
     match k {
         LinearKind::Q | LinearKind::K | LinearKind::V => 0,
         LinearKind::O => 1,
@@ -112,7 +115,7 @@ fn input_of(k: LinearKind) -> usize {
 impl<B: Backend> LayerHessians<B> {
     /// From the layer's cached (scaled) inputs.
     pub fn new(ins: &LayerInputs<B>, dev: &B::Device) -> Result<Self> {
-        let host = [LinearKind::Q, LinearKind::O, LinearKind::Gate, LinearKind::Down]
+        let host = INPUT_READERS
             .into_iter()
             .map(|k| Hessian::of_inputs(ins.of(k)))
             .collect::<Result<Vec<_>>>()?;
