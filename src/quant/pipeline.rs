@@ -424,6 +424,11 @@ pub fn quantize<B: Backend>(
         let mut w = src.layer(i)?;
         rep.timings.load += t0.elapsed().as_secs_f64();
         check_finite(i, &w, &c)?;
+        // Round-to-nearest of the original weights, for the layer's check (step 6); quantized now,
+        // before scaling changes `w`, rather than read again.
+        let t0 = Instant::now();
+        let rtn = chain.is_some().then(|| quantize_layer(&c, i, &w, p)).transpose()?;
+        rep.timings.check += t0.elapsed().as_secs_f64();
         let mut lr = LayerReport { layer: i, ..Default::default() };
         // The layer's scaled inputs and scaled, unclipped weights, kept for the GPTQ pass and the
         // (scale, zero) search.
@@ -583,9 +588,8 @@ pub fn quantize<B: Backend>(
         drop(w);
         // 6. the layer's output error against round-to-nearest of its original weights (the
         //    peers' silent failure: a "calibrated" layer worse than plain rounding).
-        if let Some(chain) = chain.as_ref() {
+        if let (Some(chain), Some(rtn)) = (chain.as_ref(), rtn) {
             let t0 = Instant::now();
-            let rtn = quantize_layer(&c, i, &src.layer(i)?, p)?;
             let errs = chain.output_errors(&[ql.dequantized(), rtn.dequantized()])?;
             let (e, e_rtn) = (errs[0], errs[1]);
             (lr.output_mse, lr.rtn_output_mse) = (Some(e), Some(e_rtn));
