@@ -9,7 +9,9 @@ use awqc::model::config::{Arch, ModelConfig};
 use awqc::model::synth::{self, SplitMix};
 use awqc::quant::fold::fold_group;
 use awqc::quant::int4::QuantParams;
-use awqc::quant::pipeline::{quantize, MemSource, Mode, QuantizeOptions};
+use awqc::quant::chunks::SpillPolicy;
+use awqc::quant::pipeline::{quantize, MemSource, Mode, QuantReport, QuantizeOptions};
+use awqc::quant::resume::JobState;
 use awqc::quant::qmodel::{CollectSink, QuantizedModel};
 use awqc::quant::chunks::Chunks;
 use awqc::quant::search::{scaled_fake_quant, search_group, sq_err_sum, Inspect};
@@ -266,7 +268,6 @@ fn activations_beyond_fp16_are_reported_by_layer() {
 fn activations_spilled_to_disk_give_the_same_model() {
     // --max-memory: chunks past the first of every activation list live on disk. The search reads
     // them back bit for bit, so the quantized model must not change, and no file may be left over.
-    use awqc::quant::chunks::SpillPolicy;
     let c = synth::config(Arch::Llama, 128, 256, 2, 4, 2, 64, true);
     let src = MemSource { globals: synth::globals(&c, 5), layers: (0..2).map(|i| synth::layer(&c, 5, i)).collect(), config: c.clone() };
     let mut r = SplitMix(23);
@@ -298,8 +299,6 @@ fn gptq_keeps_awqs_parameters_lowers_the_calibration_loss_and_is_deterministic()
     // --gptq: the same search, clip and (scale, zero) as plain AWQ, only the codes change; every
     // linear's calibration loss is at most plain rounding's; the codes do not depend on the
     // thread count, on spilling, or on resuming from a saved layer (which recomputes the pass).
-    use awqc::quant::chunks::SpillPolicy;
-    use awqc::quant::resume::JobState;
     let c = synth::config(Arch::Llama, 128, 256, 2, 4, 2, 64, true);
     let src = MemSource { globals: synth::globals(&c, 7), layers: (0..2).map(|i| synth::layer(&c, 7, i)).collect(), config: c.clone() };
     let mut r = SplitMix(29);
@@ -314,7 +313,7 @@ fn gptq_keeps_awqs_parameters_lowers_the_calibration_loss_and_is_deterministic()
     let (g, rep) = go(Some(0.01), SpillPolicy::in_memory(), None);
     let mut changed = 0;
     for (a, b) in awq.layers.iter().zip(&g.layers) {
-        for (la, lb) in [(&a.q, &b.q), (&a.k, &b.k), (&a.v, &b.v), (&a.o, &b.o), (&a.gate, &b.gate), (&a.up, &b.up), (&a.down, &b.down)] {
+        for (la, lb) in LinearKind::ALL.map(|k| (a.linear(k), b.linear(k))) {
             assert_eq!((&la.scales, &la.zeros, &la.bias), (&lb.scales, &lb.zeros, &lb.bias));
             changed += la.q.iter().zip(&lb.q).filter(|(x, y)| x != y).count();
         }
@@ -327,20 +326,29 @@ fn gptq_keeps_awqs_parameters_lowers_the_calibration_loss_and_is_deterministic()
         }
     }
     assert!(rep.timings.gptq > 0.0);
-    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| go(Some(0.01), SpillPolicy::in_memory(), None).0);
-    assert!(one.layers == g.layers, "GPTQ codes depend on the thread count");
-    let dir = std::env::temp_dir().join(format!("awqc-gptq-test-{}", std::process::id()));
-    let spilled = go(Some(0.01), SpillPolicy::spill_to(dir.join("spill"), 1).unwrap(), None).0;
-    assert!(spilled.layers == g.layers, "spilling changed the GPTQ codes");
+    let resumed = same_model_across_threads_spill_and_resume("the GPTQ codes", "gptq", &g, |spill, resume| go(Some(0.01), spill, resume));
+    assert_eq!(resumed.layers[0].gptq.len(), 7);
+}
+
+/// `go(spill, resume)` quantizes a 2-layer model; it must give `want` with one thread, with every
+/// activation chunk spilled to disk, and when layer 0 is replayed from a saved state (layer 1
+/// computed again). Returns the resumed run's report.
+fn same_model_across_threads_spill_and_resume(what: &str, tag: &str, want: &QuantizedModel, go: impl Fn(SpillPolicy, Option<(&JobState, usize)>) -> (QuantizedModel, QuantReport) + Sync) -> QuantReport {
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| go(SpillPolicy::in_memory(), None).0);
+    assert!(one.layers == want.layers, "{what} depend on the thread count");
+    let dir = std::env::temp_dir().join(format!("awqc-{tag}-test-{}", std::process::id()));
+    let spilled = go(SpillPolicy::spill_to(dir.join("spill"), 1).unwrap(), None).0;
+    assert!(spilled.layers == want.layers, "spilling changed {what}");
     // Resume: save every layer, then replay layer 0 from the state and compute layer 1 again.
-    let (st, done) = JobState::open(&dir.join("state"), "gptq-test", true).unwrap();
+    let (st, done) = JobState::open(&dir.join("state"), &format!("{tag}-test"), true).unwrap();
     assert_eq!(done, 0);
-    let first = go(Some(0.01), SpillPolicy::in_memory(), Some((&st, 0))).0;
-    let resumed = go(Some(0.01), SpillPolicy::in_memory(), Some((&st, 1)));
-    assert!(first.layers == g.layers && resumed.0.layers == g.layers, "resuming changed the GPTQ codes");
-    assert!(resumed.1.layers[0].resumed && resumed.1.layers[0].gptq.len() == 7);
+    let first = go(SpillPolicy::in_memory(), Some((&st, 0))).0;
+    let (resumed, rep) = go(SpillPolicy::in_memory(), Some((&st, 1)));
+    assert!(first.layers == want.layers && resumed.layers == want.layers, "resuming changed {what}");
+    assert!(rep.layers[0].resumed);
     st.finish().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+    rep
 }
 
 #[test]
@@ -348,8 +356,6 @@ fn zero_search_only_lowers_the_calibration_loss_composes_with_gptq_and_is_determ
     // --zero-search: every linear's (scale, zero) searched against its calibration inputs and kept
     // only where its loss is not above min / max rounding's; with --gptq on top, GPTQ keeps the
     // searched parameters. Same model whatever the thread count, spilling or resuming.
-    use awqc::quant::chunks::SpillPolicy;
-    use awqc::quant::resume::JobState;
     let c = synth::config(Arch::Llama, 128, 256, 2, 4, 2, 64, true);
     let src = MemSource { globals: synth::globals(&c, 11), layers: (0..2).map(|i| synth::layer(&c, 11, i)).collect(), config: c.clone() };
     let mut r = SplitMix(31);
@@ -372,7 +378,7 @@ fn zero_search_only_lowers_the_calibration_loss_composes_with_gptq_and_is_determ
         }
     }
     for (a, b) in awq.layers.iter().zip(&zs.layers) {
-        for (la, lb) in [(&a.q, &b.q), (&a.k, &b.k), (&a.v, &b.v), (&a.o, &b.o), (&a.gate, &b.gate), (&a.up, &b.up), (&a.down, &b.down)] {
+        for (la, lb) in LinearKind::ALL.map(|k| (a.linear(k), b.linear(k))) {
             changed_params += la.scales.iter().zip(&lb.scales).zip(la.zeros.iter().zip(&lb.zeros)).filter(|((s1, s2), (z1, z2))| s1 != s2 || z1 != z2).count();
             assert_eq!(la.bias, lb.bias);
         }
@@ -382,24 +388,13 @@ fn zero_search_only_lowers_the_calibration_loss_composes_with_gptq_and_is_determ
     // GPTQ on top keeps the searched parameters and changes only codes.
     let (zg, rep_g) = go(Some(0.01), SpillPolicy::in_memory(), None);
     for (a, b) in zs.layers.iter().zip(&zg.layers) {
-        for (la, lb) in [(&a.q, &b.q), (&a.k, &b.k), (&a.v, &b.v), (&a.o, &b.o), (&a.gate, &b.gate), (&a.up, &b.up), (&a.down, &b.down)] {
+        for (la, lb) in LinearKind::ALL.map(|k| (a.linear(k), b.linear(k))) {
             assert_eq!((&la.scales, &la.zeros), (&lb.scales, &lb.zeros));
         }
     }
     assert!(rep_g.layers.iter().all(|l| l.gptq.len() == 7 && l.zero_search.len() == 7));
-    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| go(None, SpillPolicy::in_memory(), None).0);
-    assert!(one.layers == zs.layers, "the searched parameters depend on the thread count");
-    let dir = std::env::temp_dir().join(format!("awqc-zs-test-{}", std::process::id()));
-    let spilled = go(None, SpillPolicy::spill_to(dir.join("spill"), 1).unwrap(), None).0;
-    assert!(spilled.layers == zs.layers, "spilling changed the searched parameters");
-    let (st, done) = JobState::open(&dir.join("state"), "zs-test", true).unwrap();
-    assert_eq!(done, 0);
-    let first = go(None, SpillPolicy::in_memory(), Some((&st, 0))).0;
-    let resumed = go(None, SpillPolicy::in_memory(), Some((&st, 1)));
-    assert!(first.layers == zs.layers && resumed.0.layers == zs.layers, "resuming changed the searched parameters");
-    assert!(resumed.1.layers[0].resumed && resumed.1.layers[0].zero_search.len() == 7);
-    st.finish().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    let resumed = same_model_across_threads_spill_and_resume("the searched parameters", "zs", &zs, |spill, resume| go(None, spill, resume));
+    assert_eq!(resumed.layers[0].zero_search.len(), 7);
 }
 
 /// The per-layer check against round-to-nearest: each layer's reported output error, quantized as
