@@ -29,29 +29,50 @@ pub struct ClipResult {
     pub seconds: f64,
 }
 
-/// Every `step`-th token of a chunked `[T, K]` input (tokens in sequence order across chunks),
-/// `step = max(1, T / 512)` (AutoAWQ's subsampling). Returns the `[T', K]` rows and T'. Only one
+/// A stratified sample of the tokens of a chunked `[T, K]` input (tokens in sequence order across
+/// chunks): with `step = max(1, T / 512)` (AutoAWQ's subsampling rate), stratum `i` is tokens
+/// `[i·step, (i+1)·step)` and gives token `i·step + u_i`, `u_i = splitmix64(i) mod step`.
+///
+/// AutoAWQ keeps every `step`-th token instead (`u_i = 0`). Calibration blocks start at multiples
+/// of the block length, and a block length that `step` divides puts every block's first token,
+/// the attention sink whose activations are outliers, into the sample: 1 kept token in
+/// `512 / step` per block instead of 1 in 512, so 1/4 of the sample at 128 x 512 tokens. Here
+/// every token is kept with the same probability `1/step`, whatever the block length, and the
+/// sample is still deterministic. Returns the `[T', K]` rows and `T' = T / step` (floor); only one
 /// chunk is on the host at a time.
 pub fn subsample_tokens<B: Backend>(x: &Chunks<B>) -> Result<(Vec<f32>, usize)> {
     let (t, k) = (x.tokens(), x.width());
-    let step = (t / N_SAMPLE_TOKENS).max(1);
-    let mut out = Vec::with_capacity(t.div_ceil(step) * k);
-    let mut start = 0usize; // first token of the current chunk
+    let picks = sample_positions(t);
+    let mut out = Vec::with_capacity(picks.len() * k);
+    let (mut start, mut next) = (0usize, 0usize); // first token of the current chunk; next pick
     for i in 0..x.len() {
         let [b, s, _] = x.dims(i);
         let n = b * s;
-        // The first sampled token at or after `start`.
-        let first = start.div_ceil(step) * step;
-        if first < start + n {
+        if next < picks.len() && picks[next] < start + n {
             let c = download(x.get(i)?);
-            for r in (first..start + n).step_by(step) {
-                out.extend_from_slice(&c[(r - start) * k..(r - start + 1) * k]);
+            while next < picks.len() && picks[next] < start + n {
+                let r = picks[next] - start;
+                out.extend_from_slice(&c[r * k..(r + 1) * k]);
+                next += 1;
             }
         }
         start += n;
     }
-    let rows = out.len() / k.max(1);
-    Ok((out, rows))
+    Ok((out, picks.len()))
+}
+
+/// The ascending token positions [`subsample_tokens`] keeps out of `t`.
+pub fn sample_positions(t: usize) -> Vec<usize> {
+    let step = (t / N_SAMPLE_TOKENS).max(1);
+    (0..t / step).map(|i| i * step + (splitmix64(i as u64) % step as u64) as usize).collect()
+}
+
+/// The splitmix64 output function: a fixed, well-mixed hash of `i`.
+fn splitmix64(i: u64) -> u64 {
+    let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 /// Clamp each (row, group) of `w` (`[N, K]`) to `[-m, m]` with its threshold `m` from `max_val`
@@ -158,10 +179,10 @@ mod tests {
     type B = crate::engine::device::CpuBackend;
 
     #[test]
-    fn subsampling_across_chunks_picks_every_step_th_token_of_the_whole_input() {
+    fn subsampling_across_chunks_takes_one_token_per_stratum_of_the_whole_input() {
         let dev = Default::default();
         let k = 3;
-        // 1100 tokens in uneven chunks: step = 1100 / 512 = 2, so tokens 0, 2, ..., 1098.
+        // 1100 tokens in uneven chunks: step = 1100 / 512 = 2, 550 strata of 2 tokens.
         for sizes in [vec![1100], vec![1, 2, 3, 600, 494], vec![7; 157].into_iter().chain([1]).collect::<Vec<_>>()] {
             let t: usize = sizes.iter().sum();
             let all: Vec<f32> = (0..t * k).map(|v| v as f32).collect();
@@ -173,10 +194,28 @@ mod tests {
             });
             let x = Chunks::<B>::resident(chunks.collect(), &dev);
             let (got, rows) = subsample_tokens(&x).unwrap();
-            let step = (t / N_SAMPLE_TOKENS).max(1);
-            let want: Vec<f32> = (0..t).step_by(step).flat_map(|r| all[r * k..(r + 1) * k].to_vec()).collect();
-            assert_eq!(rows, want.len() / k, "chunk sizes {:?}", &sizes[..sizes.len().min(4)]);
+            let picks = sample_positions(t);
+            assert_eq!(picks.len(), 550);
+            assert!(picks.iter().enumerate().all(|(i, &r)| r / 2 == i), "one pick per stratum");
+            let want: Vec<f32> = picks.iter().flat_map(|&r| all[r * k..(r + 1) * k].to_vec()).collect();
+            assert_eq!(rows, picks.len(), "chunk sizes {:?}", &sizes[..sizes.len().min(4)]);
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn block_starts_are_kept_at_their_share_of_the_tokens() {
+        // 128 blocks of 512 tokens: step 128, 512 picks. Every-step-th sampling kept each block's
+        // first token (128 of 512 picks); a uniform sample keeps about 512/512 = 1 of them.
+        let (t, seqlen) = (128 * 512, 512);
+        let picks = sample_positions(t);
+        assert_eq!(picks.len(), 512);
+        let starts = picks.iter().filter(|&&r| r % seqlen == 0).count();
+        assert!(starts <= 5, "{starts} block starts among {} picks", picks.len());
+        // Offsets within the stratum cover all residues, not a few.
+        let offsets: std::collections::BTreeSet<usize> = picks.iter().map(|&r| r % 128).collect();
+        assert!(offsets.len() > 100, "only {} distinct offsets of 128", offsets.len());
+        // Small inputs keep every token.
+        assert_eq!(sample_positions(700), (0..700).collect::<Vec<_>>());
     }
 }

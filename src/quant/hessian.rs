@@ -23,7 +23,9 @@ pub struct Hessian {
 
 impl Hessian {
     /// Accumulate the Gram matrix of a chunked `[b, s, K]` input: each chunk's `XᵀX` in f32 on the
-    /// device (one matmul), the chunks summed in f64 in chunk order.
+    /// device (one matmul over the chunk's tokens), the chunks summed in f64 in chunk order, so the
+    /// rounding does not grow with the number of calibration chunks. The α search (its
+    /// single-linear closed form), GPTQ and the (scale, zero) search all use this one.
     pub fn of_inputs<B: Backend>(x: &Chunks<B>) -> Result<Self> {
         let k = x.width();
         let mut h = vec![0f64; k * k];
@@ -40,6 +42,11 @@ impl Hessian {
             return Err(Error::internal("Hessian of an empty calibration input"));
         }
         Ok(Hessian { k, h, tokens: x.tokens() })
+    }
+
+    /// The matrix in f32 on the device, for [`gram_loss`].
+    pub fn to_device<B: Backend>(&self, dev: &B::Device) -> Tensor<B, 2> {
+        upload(self.h.iter().map(|&v| v as f32).collect(), [self.k, self.k], dev)
     }
 
     /// From host rows `[T, K]` (tests).
@@ -119,7 +126,7 @@ impl<B: Backend> LayerHessians<B> {
             .into_iter()
             .map(|k| Hessian::of_inputs(ins.of(k)))
             .collect::<Result<Vec<_>>>()?;
-        let device = host.iter().map(|h| upload(h.h.iter().map(|&v| v as f32).collect(), [h.k, h.k], dev)).collect();
+        let device = host.iter().map(|h| h.to_device(dev)).collect();
         Ok(LayerHessians { host, device, dev: dev.clone() })
     }
 
@@ -132,8 +139,19 @@ impl<B: Backend> LayerHessians<B> {
     /// `w` (both `[N, K]`) on linear `k`'s calibration inputs.
     pub fn loss(&self, k: LinearKind, w: &HostTensor, dq: &HostTensor) -> f64 {
         let i = input_of(k);
-        crate::quant::search::gram_loss(&self.device[i], w, dq, self.host[i].tokens, &self.dev)
+        gram_loss(&self.device[i], w, dq, self.host[i].tokens, &self.dev)
     }
+}
+
+/// The output MSE of a single linear from its inputs' Gram matrix `H` (device, `[K, K]`):
+/// `mean((X ΔWᵀ)²) = Σ_n Δw_n H Δw_nᵀ / (T·N)` for `ΔW = w - wq` (`[N, K]`), which costs `N·K²`
+/// instead of `T·N·K`.
+pub(crate) fn gram_loss<B: Backend>(h: &Tensor<B, 2>, w: &HostTensor, wq: &HostTensor, tokens: usize, dev: &B::Device) -> f64 {
+    let (n, k) = w.dims2();
+    let dw: Vec<f32> = w.data.iter().zip(&wq.data).map(|(a, b)| a - b).collect();
+    let dw: Tensor<B, 2> = upload(dw, [n, k], dev);
+    let rows = download((dw.clone().matmul(h.clone()) * dw).sum_dim(1));
+    rows.iter().map(|&v| v as f64).sum::<f64>() / (tokens * n) as f64
 }
 
 /// Deterministic pseudo-random numbers in [-1, 1) (an LCG), for the unit tests of the Hessian's users.

@@ -6,10 +6,11 @@
 
 use crate::engine::llama::{download, Attention, LinearB, Mlp, RopeTables};
 use crate::model::arch::{Linear, LinearKind, ScaleGroup};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::quant::calibrate::map_chunks;
 use crate::quant::chunks::Chunks;
 use crate::quant::fold::normalize_scales;
+use crate::quant::hessian::{gram_loss, Hessian};
 use crate::quant::int4::{scaled_fake_quantize_row, QuantParams};
 use crate::tensor::HostTensor;
 use burn::tensor::backend::Backend;
@@ -174,33 +175,6 @@ pub fn grid_order(n_grid: usize, first: usize) -> Vec<usize> {
     std::iter::once(first).chain((0..n_grid).filter(|&i| i != first)).take(n_grid).collect()
 }
 
-/// `Σ_chunks XᵀX` (`[K, K]`) of a chunked input: with it, the output MSE of a single linear is a
-/// quadratic form in the weight error, `mean((X ΔWᵀ)²) = Σ_n Δw_n (XᵀX) Δw_nᵀ / (T·N)`, which
-/// costs `N·K²` per grid point instead of `T·N·K`.
-pub fn gram<B: Backend>(x: &Chunks<B>) -> Result<Tensor<B, 2>> {
-    let mut g: Option<Tensor<B, 2>> = None;
-    for i in 0..x.len() {
-        let xc = x.get(i)?;
-        let [b, t, k] = xc.dims();
-        let m = xc.clone().reshape([b * t, k]);
-        let p = m.clone().transpose().matmul(m);
-        g = Some(match g {
-            Some(acc) => acc + p,
-            None => p,
-        });
-    }
-    g.ok_or_else(|| Error::internal("Gram matrix of an empty calibration input"))
-}
-
-/// Loss of a single-linear block from the Gram matrix: `Σ_n Δw_n G Δw_nᵀ / (T·N)`.
-pub(crate) fn gram_loss<B: Backend>(g: &Tensor<B, 2>, w: &HostTensor, wq: &HostTensor, tokens: usize, dev: &B::Device) -> f64 {
-    let (n, k) = w.dims2();
-    let dw: Vec<f32> = w.data.iter().zip(&wq.data).map(|(a, b)| a - b).collect();
-    let dw: Tensor<B, 2> = crate::engine::llama::upload(dw, [n, k], dev);
-    let rows = download((dw.clone().matmul(g.clone()) * dw).sum_dim(1));
-    rows.iter().map(|&v| v as f64).sum::<f64>() / (tokens * n) as f64
-}
-
 /// Search the scales of one group. `x` holds the group's cached input in chunks of sequences and
 /// `x_mean` its per-channel mean |x|. The loss is the MSE between the block's output with the
 /// trial weights and with the full-precision weights.
@@ -236,7 +210,7 @@ pub fn search_group<B: Backend>(
         // from 2 x 512 tokens on); a 13B down_proj (K = 13824) on a few hundred tokens goes direct.
         Inspect::Linear(_) if consumers.len() == 1 && tokens >= consumers[0].1.w.dims2().1 => {
             // Closed form, one cheap product: nothing to abandon.
-            let g = gram(x)?;
+            let g = Hessian::of_inputs(x)?.to_device::<B>(dev);
             let w = consumers[0].1.w.clone();
             Box::new(move |s: &[f64], _| Ok(Trial { loss: Some(gram_loss(&g, &w, &scaled_fake_quant(&w, s, p), tokens, dev)), work: 1.0 }))
         }
