@@ -8,7 +8,7 @@ SMOL    := fixtures/smollm2-hf
 QWEN_GGUF := fixtures/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 QWEN    := fixtures/qwen2.5-coder-0.5b-hf
 
-.PHONY: all build fixtures fixtures-qwen calib-data demo test bench bench-engine bench-serve llama-cpp awq-ci bench-13b goldens fuzz fuzz-check turbomind-qwen test-tools gpu-bundle gpu-check-local clean
+.PHONY: all build fixtures fixtures-qwen calib-data demo test bench bench-engine bench-serve llama-cpp awq-ci bench-13b goldens goldens-qwen fuzz fuzz-check turbomind-qwen test-tools gpu-bundle gpu-check-local clean
 
 all: build
 
@@ -79,6 +79,11 @@ bench-13b: fixtures
 # Recompute goldens/smollm2-135m.json (GOLDENS="fp rtn-g64 ..." picks entries; the *-c128 ones take ~35 min each).
 goldens: fixtures
 	./scripts/goldens.sh $(AWQC) $(GOLDENS)
+
+# Recompute goldens/qwen2.5-coder-0.5b.json (issue 14's second model, group 128): fp, RTN and AWQ
+# with each method; 7-11 min per entry on the 2-core machine, so not in CI.
+goldens-qwen: fixtures-qwen fixtures
+	GOLDENS_MODEL=qwen ./scripts/goldens.sh $(AWQC) $(GOLDENS)
 
 # cargo-fuzz over every parser: FUZZ_SECONDS per target (needs `cargo install cargo-fuzz`).
 FUZZ_SECONDS ?= 120

