@@ -135,6 +135,11 @@ impl<B: Backend> LayerHessians<B> {
         &self.host[input_of(k)]
     }
 
+    /// The same on the device (f32).
+    pub fn device_of(&self, k: LinearKind) -> &Tensor<B, 2> {
+        &self.device[input_of(k)]
+    }
+
     /// Mean squared output error per token and output of the dequantized weight `dq` against
     /// `w` (both `[N, K]`) on linear `k`'s calibration inputs.
     pub fn loss(&self, k: LinearKind, w: &HostTensor, dq: &HostTensor) -> f64 {
@@ -149,9 +154,14 @@ impl<B: Backend> LayerHessians<B> {
 pub(crate) fn gram_loss<B: Backend>(h: &Tensor<B, 2>, w: &HostTensor, wq: &HostTensor, tokens: usize, dev: &B::Device) -> f64 {
     let (n, k) = w.dims2();
     let dw: Vec<f32> = w.data.iter().zip(&wq.data).map(|(a, b)| a - b).collect();
+    row_losses(h, dw, n, k, dev).iter().sum::<f64>() / (tokens * n) as f64
+}
+
+/// `Δw_n H Δw_nᵀ` for every row `n` of the weight error `dw` (`[N, K]`, row-major): each row's
+/// summed squared output error over the calibration tokens.
+pub(crate) fn row_losses<B: Backend>(h: &Tensor<B, 2>, dw: Vec<f32>, n: usize, k: usize, dev: &B::Device) -> Vec<f64> {
     let dw: Tensor<B, 2> = upload(dw, [n, k], dev);
-    let rows = download((dw.clone().matmul(h.clone()) * dw).sum_dim(1));
-    rows.iter().map(|&v| v as f64).sum::<f64>() / (tokens * n) as f64
+    download((dw.clone().matmul(h.clone()) * dw).sum_dim(1)).iter().map(|&v| v as f64).collect()
 }
 
 /// Deterministic pseudo-random numbers in [-1, 1) (an LCG), for the unit tests of the Hessian's users.

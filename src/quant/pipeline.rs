@@ -20,11 +20,11 @@ use crate::model::config::ModelConfig;
 use crate::model::weights::SafetensorsRepo;
 use crate::quant::calibrate::{stats_of, FpChain, LayerInputs};
 use crate::quant::chunks::{Chunks, SpillPolicy};
-use crate::quant::clip::{apply_clip, clip_linear, subsample_tokens, ClipResult};
+use crate::quant::clip::{apply_clip, clip_linear, ClipResult};
 use crate::quant::resume::{JobState, LayerResult};
 use crate::quant::fold::{fold_group, normalize_scales, zero_norm_channels};
 use crate::quant::gptq::{GptqResult, LayerFeedback};
-use crate::quant::hessian::LayerHessians;
+use crate::quant::hessian::{LayerHessians, INPUT_READERS};
 use crate::quant::int4::{QuantParams, QuantizedLinear};
 use crate::quant::qmodel::{QuantSink, QuantizedLayer};
 use crate::quant::search::{search_group, GroupSearch, Inspect};
@@ -152,6 +152,12 @@ pub struct LayerReport {
     pub output_mse: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtn_output_mse: Option<f64>,
+    /// The layer's output error (as `output_mse`, round to nearest) with the searched clipping
+    /// and without it: the layer keeps its clipping only if it is the lower (`clip_reverted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_check: Option<[f64; 2]>,
+    #[serde(default)]
+    pub clip_reverted: bool,
     /// Problems worth a look that do not stop the job (e.g. activations beyond fp16's range).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -434,6 +440,8 @@ pub fn quantize<B: Backend>(
         // (scale, zero) search.
         let refine = opts.gptq.is_some() || opts.zero_search;
         let mut refine_inputs: Option<(LayerInputs<B>, LayerWeights)> = None;
+        // The scaled inputs' Hessians, when the clip search computed them.
+        let mut clip_hessians: Option<LayerHessians<B>> = None;
 
         let replay = resume.filter(|(_, done)| i < *done).map(|(st, _)| st);
         if let (Some(chain), Some(st)) = (chain.as_mut(), replay) {
@@ -546,17 +554,33 @@ pub fn quantize<B: Backend>(
             // 4. clip search: every linear but q and k.
             let mut clips: Vec<(LinearKind, Vec<f32>)> = Vec::new();
             if opts.mode == Mode::Awq && opts.clip {
+                let before_clip = w.clone();
+                // The inputs' Gram matrices (kept for step 5 when it needs them too).
+                let t0 = Instant::now();
+                let hs = LayerHessians::new(&ins, dev)?;
+                rep.timings.hessians += t0.elapsed().as_secs_f64();
+                rep.search_flops += INPUT_READERS.iter().map(|&k| 2.0 * (hs.of(k).tokens * hs.of(k).k * hs.of(k).k) as f64).sum::<f64>();
                 let t0 = Instant::now();
                 for k in [LinearKind::V, LinearKind::O, LinearKind::Gate, LinearKind::Up, LinearKind::Down] {
-                    let kk = w.linear(k).w.dims2().1;
-                    let (xs, t) = subsample_tokens(ins.of(k))?;
-                    let (n, _) = w.linear(k).w.dims2();
-                    rep.search_flops += 2.0 * (crate::quant::clip::MAX_SHRINK * crate::quant::clip::N_GRID as f64 + 1.0) * (t * kk * n) as f64;
-                    let (r, thresholds) = clip_linear::<B>(k.short(), &mut w.linear_mut(k).w, &xs, t, p, dev);
+                    let (n, kk) = w.linear(k).w.dims2();
+                    // the grid (g² per candidate and (row, group)) and the two whole-row checks
+                    rep.search_flops += 2.0 * (crate::quant::clip::MAX_SHRINK * crate::quant::clip::N_GRID as f64) * (n * kk * p.group) as f64 + 4.0 * (n * kk * kk) as f64;
+                    let (r, thresholds) = clip_linear::<B>(k.short(), &mut w.linear_mut(k).w, hs.of(k), hs.device_of(k), p, dev);
                     lr.clips.push(r);
                     clips.push((k, thresholds));
                 }
+                // Each linear's clipping lowers its own calibration loss, but not always the
+                // layer's output: on Qwen2.5's layer 2, where the massive activations are made,
+                // the clipped up projection's error is amplified by the gate of the few sink tokens.
+                let errs = chain.output_errors(&[quantize_layer(&c, i, &w, p)?.dequantized(), quantize_layer(&c, i, &before_clip, p)?.dequantized()])?;
+                lr.clip_check = Some([errs[0], errs[1]]);
+                if errs[0] >= errs[1] {
+                    w = before_clip;
+                    clips.clear();
+                    lr.clip_reverted = true;
+                }
                 rep.timings.clip += t0.elapsed().as_secs_f64();
+                clip_hessians = refine.then_some(hs);
             }
             lr.seconds = layer_start.elapsed().as_secs_f64();
             if let Some((st, _)) = resume {
@@ -570,7 +594,10 @@ pub fn quantize<B: Backend>(
         let ql = match refine_inputs.take() {
             Some((ins, unclipped)) => {
                 let t0 = Instant::now();
-                let hs = LayerHessians::new(&ins, dev)?;
+                let hs = match clip_hessians.take() {
+                    Some(hs) => hs,
+                    None => LayerHessians::new(&ins, dev)?,
+                };
                 drop(ins);
                 rep.timings.hessians += t0.elapsed().as_secs_f64();
                 let t0 = Instant::now();
