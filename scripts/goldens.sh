@@ -47,6 +47,13 @@ qwen)
     "awq-g128-ci-noclip|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip|0.005|AWQ group 128 without the clip search (4 x 512 c4 tokens): the clip search is what puts awq-g128-ci above RTN"
     "awq-g128-ci-zero|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --zero-search|0.005|AWQ group 128 + activation-weighted (scale, zero) search (4 x 512 c4 tokens)"
     "awq-g128-ci-gptq|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --gptq|0.005|AWQ group 128 + GPTQ error feedback (4 x 512 c4 tokens)"
+    "awq-g128-ci-noclip-zero|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --zero-search|0.005|AWQ group 128 without the clip search, + (scale, zero) search (4 x 512 c4 tokens)"
+    "awq-g128-ci-seed1|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --seed 1|0.005|awq-g128-ci with calibration seed 1 (the seed spread)"
+    "awq-g128-ci-seed2|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --seed 2|0.005|awq-g128-ci with calibration seed 2 (the seed spread)"
+    "awq-g128-ci-noclip-seed1|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --seed 1|0.005|awq-g128-ci-noclip with calibration seed 1 (the seed spread)"
+    "awq-g128-ci-noclip-seed2|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --seed 2|0.005|awq-g128-ci-noclip with calibration seed 2 (the seed spread)"
+    "awq-g128-ci-contiguous|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --calib-sampling contiguous|0.005|AWQ group 128, the first 4 x 512 tokens of the joined c4 documents (the evaluation text's construction)"
+    "awq-g128-ci-autoawq|--w-group-size 128 --calib-dataset c4 --calib-samples 8 --calib-seqlen 512 --calib-sampling autoawq|0.005|AWQ group 128, AutoAWQ's get_calib_dataset on 8 c4 documents (in file order, no shuffle)"
   )
   ;;
 *) echo "goldens.sh: GOLDENS_MODEL must be smollm2 or qwen, not '$GOLDENS_MODEL'" >&2; exit 2 ;;
