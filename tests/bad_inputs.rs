@@ -852,6 +852,27 @@ fn quantize_flags_and_outputs_are_checked_before_any_work() {
     );
     r.refused("quantize --batch-size 0", q(&dir.join("bs0"), &["--batch-size", "0"]), USAGE, &["--batch-size must be at least 1"], &dir);
     r.refused("--zero-search without calibration", q(&dir.join("zs0"), &["--w-group-size", "64", "--zero-search"]), USAGE, &["--zero-search needs calibration data (--calib-samples is 0)"], &dir);
+    r.refused(
+        "--zero-point float into AutoAWQ",
+        q(&dir.join("zf"), &["--w-group-size", "64", "--zero-point", "float"]),
+        USAGE,
+        &["--zero-point float", "4-bit integer zero points", "--out-format turbomind"],
+        &dir,
+    );
+    r.refused(
+        "--zero-point float with --gptq",
+        q(&dir.join("zfg"), &["--zero-point", "float", "--out-format", "turbomind", "--gptq"]),
+        USAGE,
+        &["--zero-point float does not combine with --gptq"],
+        &dir,
+    );
+    r.refused(
+        "--out-format turbomind with group 64",
+        q(&dir.join("tmo64"), &["--w-group-size", "64", "--out-format", "turbomind"]),
+        USAGE,
+        &["--out-format turbomind: TurboMind loads only 4-bit group-128 weights", "--w-group-size 64"],
+        &dir,
+    );
     r.refused("--calib-sampling unknown", q(&dir.join("cs"), &["--calib-sampling", "shuffled"]), USAGE, &["--calib-sampling", "shuffled"], &dir);
     r.refused(
         "calibrate --batch-size 0",

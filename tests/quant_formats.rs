@@ -616,6 +616,41 @@ fn turbomind_write_read_round_trips() {
     std::fs::remove_dir_all(&base).unwrap();
 }
 
+/// `--zero-point float`: the TurboMind workspace keeps the fp16 zeros exactly (the reader hands
+/// them back as float zeros); AutoAWQ GEMM refuses them, from the quantizer's parameters and from
+/// a model read back from such a workspace, without leaving an output.
+#[test]
+fn float_zero_points_round_trip_through_turbomind_and_autoawq_refuses_them() {
+    use awqc::model::arch::LinearKind;
+    use awqc::quant::int4::ZeroPoint;
+    let base = scratch("tm-float-zeros");
+    for (name, c) in [("llama", llama(256, 384, 4, 1, 64, true)), ("qwen2-bias", qwen2(256, 384, 8, 2, false))] {
+        let m = random_quantized_model(&c, qp(128).with_zero(ZeroPoint::Float), 17).unwrap();
+        let ws = base.join(name);
+        write_tm(&m, &ws, None);
+        let back = read_turbomind(&ws).unwrap();
+        for (i, (a, b)) in m.layers.iter().zip(&back.layers).enumerate() {
+            for kind in LinearKind::ALL {
+                let (la, lb) = (a.linear(kind), b.linear(kind));
+                let fz = la.float_zeros.as_ref().unwrap();
+                assert!(fz.iter().any(|z| z.to_f32().fract() != 0.0), "{name} layer {i} {kind:?}: no fractional zero");
+                assert_eq!(lb.float_zeros.as_ref(), Some(fz), "{name} layer {i} {kind:?}: float zeros");
+                assert_eq!((&la.q, &la.zeros, &la.scales, &la.bias), (&lb.q, &lb.zeros, &lb.scales, &lb.bias), "{name} layer {i} {kind:?}");
+            }
+            let (da, db) = (m.dequantized_layer(i), back.dequantized_layer(i));
+            assert!(da.q.w.data == db.q.w.data && da.down.w.data == db.down.w.data, "{name} layer {i}: dequantized weights differ");
+        }
+        let awq = base.join(format!("{name}-awq"));
+        let e = m.write_to(Box::new(AwqWriter::new(&awq, false))).unwrap_err();
+        assert!(e.msg.contains("--zero-point float") && e.msg.contains("turbomind"), "{}", e.msg);
+        assert!(!awq.exists());
+        let e = back.write_to(Box::new(AwqWriter::new(&awq, false))).unwrap_err();
+        assert!(e.msg.contains("q_proj") && e.msg.contains("fp16"), "{}", e.msg);
+        assert!(!awq.exists(), "a refused AutoAWQ export left {}", awq.display());
+    }
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
 #[test]
 fn turbomind_refuses_group_64_before_creating_anything() {
     let base = scratch("tm-g64");
@@ -723,13 +758,22 @@ fn corrupt_workspaces_give_errors_naming_the_file() {
     let e = read_turbomind(&ws).unwrap_err();
     assert!(e.msg.contains("layers.1.feed_forward.w3.0.qweight") && e.msg.contains("bytes"), "{}", e.msg);
     std::fs::write(&qpath, &orig).unwrap();
-    // A zero point that is not an integer.
+    // A zero point that is not finite is refused; one that is not an integer is a float zero
+    // (`--zero-point float`), read as such.
     let zpath = w.join("layers.0.attention.wo.0.zeros");
-    let mut z = std::fs::read(&zpath).unwrap();
-    z[0..2].copy_from_slice(&f16::from_f32(2.5).to_le_bytes());
+    let orig_z = std::fs::read(&zpath).unwrap();
+    let mut z = orig_z.clone();
+    z[0..2].copy_from_slice(&f16::INFINITY.to_le_bytes());
     std::fs::write(&zpath, &z).unwrap();
     let e = read_turbomind(&ws).unwrap_err();
-    assert!(e.msg.contains("layers.0.attention.wo.0.zeros") && e.msg.contains("2.5"), "{}", e.msg);
+    assert!(e.msg.contains("layers.0.attention.wo.0.zeros") && e.msg.contains("non-finite value inf at index 0"), "{}", e.msg);
+    z[0..2].copy_from_slice(&f16::from_f32(2.5).to_le_bytes());
+    std::fs::write(&zpath, &z).unwrap();
+    let back = read_turbomind(&ws).unwrap();
+    let fz = back.layers[0].o.float_zeros.as_ref().expect("a fractional zero makes float zeros");
+    assert_eq!(fz[0].to_f32(), 2.5);
+    assert_eq!(back.layers[0].o.zeros[0], 2, "the integer zero is the float one rounded half to even");
+    std::fs::write(&zpath, &orig_z).unwrap();
     // config.yaml that disagrees with config.json.
     let ypath = w.join("config.yaml");
     let y = std::fs::read_to_string(&ypath).unwrap();

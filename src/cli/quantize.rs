@@ -3,7 +3,7 @@
 use crate::data::tokenizer::Tokenizer;
 use crate::engine::device::{self, DeviceKind};
 use crate::error::{Error, Result};
-use crate::quant::int4::QuantParams;
+use crate::quant::int4::{QuantParams, ZeroPoint};
 use crate::quant::pipeline::{quantize, HfSource, LayerSource, Mode, QuantReport, QuantizeOptions};
 use crate::quant::qmodel::{QuantSink, TeeSink};
 use crate::quant::resume::JobState;
@@ -18,9 +18,13 @@ pub struct Args {
     pub model: String,
     #[command(flatten)]
     pub revision: crate::cli::Revision,
-    /// Output directory of the AutoAWQ-GEMM checkpoint (lmdeploy calls it --work-dir).
+    /// Output directory (lmdeploy calls it --work-dir): the AutoAWQ-GEMM checkpoint, or with
+    /// `--out-format turbomind` a TurboMind workspace.
     #[arg(long, alias = "work-dir")]
     pub out: PathBuf,
+    /// What `--out` holds.
+    #[arg(long, value_enum, default_value = "autoawq")]
+    pub out_format: OutFormat,
     #[command(flatten)]
     pub calib: crate::cli::CalibArgs,
     /// Also write a TurboMind workspace (lmdeploy 0.9.2 layout) here; needs --w-group-size 128.
@@ -32,6 +36,11 @@ pub struct Args {
     pub w_bits: u32,
     #[arg(long, default_value_t = 128)]
     pub w_group_size: usize,
+    /// Zero points: `int` (4-bit integers, every format and peer) or `float` (fp16 `-min/scale`,
+    /// unrounded, as llama.cpp's Q4_1 keeps a float minimum; only formats with fp16 zeros hold
+    /// them: `--out-format turbomind`, read by awqc's engine).
+    #[arg(long, value_enum, default_value = "int")]
+    pub zero_point: ZeroPoint,
     /// lmdeploy mode: search the smoothing ratio per chunk instead of the fixed 0.5.
     #[arg(long)]
     pub search_scale: bool,
@@ -73,6 +82,16 @@ pub struct Args {
     pub max_memory: Option<u64>,
 }
 
+/// The format of `--out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutFormat {
+    /// AutoAWQ GEMM safetensors (vLLM, AutoAWQ, transformers, lmdeploy load it).
+    Autoawq,
+    /// TurboMind workspace (lmdeploy 0.9.2 layout; group size 128).
+    Turbomind,
+}
+
 /// A byte count: a number with an optional K, M, G or T suffix (powers of 1024; "KiB", "GB" and
 /// the like are read the same way).
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
@@ -100,9 +119,25 @@ fn options(a: &Args) -> Result<QuantizeOptions> {
     if a.search_scale && a.mode != Mode::Lmdeploy {
         return Err(Error::usage("--search-scale belongs to --mode lmdeploy (awq mode always searches)"));
     }
+    if a.zero_point == ZeroPoint::Float {
+        if a.out_format != OutFormat::Turbomind {
+            return Err(Error::usage(
+                "--zero-point float: the AutoAWQ GEMM checkpoint (--out-format autoawq, the default) stores 4-bit integer zero points; use --out-format turbomind (fp16 zeros, group size 128)",
+            ));
+        }
+        if a.gptq || a.zero_search {
+            return Err(Error::usage(format!(
+                "--zero-point float does not combine with {} yet (both refine integer zero points)",
+                if a.gptq { "--gptq" } else { "--zero-search" }
+            )));
+        }
+    }
+    if a.out_format == OutFormat::Turbomind && a.turbomind_out.is_some() {
+        return Err(Error::usage("--turbomind-out: --out is already a TurboMind workspace (--out-format turbomind)"));
+    }
     Ok(QuantizeOptions {
         mode: a.mode,
-        params: QuantParams::new(a.w_bits, a.w_group_size)?,
+        params: QuantParams::new(a.w_bits, a.w_group_size)?.with_zero(a.zero_point),
         duo_scaling: !a.no_duo_scaling,
         clip: !a.no_clip,
         search_scale: a.search_scale,
@@ -176,11 +211,14 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let model = a.revision.resolve(&a.model)?;
     let src = HfSource::open(&model)?;
     crate::quant::pipeline::check_group_size(&src.config, opts.params)?;
-    if a.turbomind_out.is_some() && (opts.params.group != 128 || opts.params.bits != 4) {
-        return Err(Error::usage(format!(
-            "--turbomind-out: TurboMind loads only 4-bit group-128 weights (got --w-bits {} --w-group-size {})",
-            opts.params.bits, opts.params.group
-        )));
+    let tm_flag = if a.out_format == OutFormat::Turbomind { Some("--out-format turbomind") } else { a.turbomind_out.as_ref().map(|_| "--turbomind-out") };
+    if let Some(flag) = tm_flag {
+        if opts.params.group != 128 || opts.params.bits != 4 {
+            return Err(Error::usage(format!(
+                "{flag}: TurboMind loads only 4-bit group-128 weights (got --w-bits {} --w-group-size {})",
+                opts.params.bits, opts.params.group
+            )));
+        }
     }
     if opts.params.bits != 4 {
         return Err(Error::usage(format!(
@@ -232,8 +270,10 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         _ => None,
     };
 
-    let mut sinks: Vec<Box<dyn QuantSink>> =
-        vec![Box::new(crate::formats::awq_gemm::AwqWriter::new(&a.out, a.force).with_tokenizer_from(&model))];
+    let mut sinks: Vec<Box<dyn QuantSink>> = match a.out_format {
+        OutFormat::Autoawq => vec![Box::new(crate::formats::awq_gemm::AwqWriter::new(&a.out, a.force).with_tokenizer_from(&model))],
+        OutFormat::Turbomind => vec![Box::new(crate::formats::turbomind::TurbomindWriter::new(&a.out, a.force).with_tokenizer_from(&model))],
+    };
     if let Some(tm) = &a.turbomind_out {
         sinks.push(Box::new(crate::formats::turbomind::TurbomindWriter::new(tm, a.force).with_tokenizer_from(&model)));
     }
@@ -243,7 +283,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         None
     } else {
         let opts_json = json!({"options": opts, "bits": opts.params.bits, "group": opts.params.group, "device": kind,
-            "turbomind": a.turbomind_out.is_some()});
+            "turbomind": a.turbomind_out.is_some(), "zero_point": opts.params.zero, "out_format": a.out_format});
         let fp = crate::quant::resume::job_fingerprint(&model, &blocks, &opts_json)?;
         let dir = JobState::dir_for(&a.out);
         if a.no_resume && dir.exists() {
@@ -276,7 +316,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let report = json!({
         "model": model.display().to_string(), "out": a.out.display().to_string(),
         "turbomind_out": a.turbomind_out.as_ref().map(|p| p.display().to_string()),
-        "options": opts, "w_bits": opts.params.bits, "w_group_size": opts.params.group,
+        "options": opts, "w_bits": opts.params.bits, "w_group_size": opts.params.group, "zero_point": opts.params.zero, "out_format": a.out_format,
         "calib": {"dataset": a.calib.calib_dataset, "sampling": a.calib.calib_sampling, "samples": blocks.len(), "seqlen": a.calib.calib_seqlen, "seed": a.calib.seed, "sampling_seconds": sampling_s,
             "activation_bytes": act_bytes, "max_memory": a.max_memory, "chunks_in_memory": keep},
         "device": kind, "report": rep,

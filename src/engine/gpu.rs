@@ -181,7 +181,9 @@ pub fn pack_w4(l: &QuantizedLinear) -> Result<Option<W4Host>> {
     let groups = k / g;
     let qweight: Vec<u32> = pack_nibbles(&transpose(&l.q, n, k), k, n, &[0, 1, 2, 3, 4, 5, 6, 7]).into_iter().map(|w| w as u32).collect();
     let scales = transpose(&l.scales, n, groups);
-    let zeros: Vec<f16> = transpose(&l.zeros, n, groups).into_iter().map(|z| f16::from_f32(z as f32)).collect();
+    // The kernel fuses (s, -z·s) per group, so float zeros go in as they are.
+    let zeros: Vec<f16> = (0..n * groups).map(|cell| f16::from_f32(l.zero_at(cell))).collect();
+    let zeros = transpose(&zeros, n, groups);
     w4a16::repack_turbomind(&qweight, &scales, &zeros, k, n, g).map(Some).map_err(kerr)
 }
 

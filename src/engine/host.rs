@@ -59,12 +59,47 @@ pub struct HostLinear {
     pub k: usize,
     pub w: HostWeight,
     pub b: Option<Vec<f32>>,
+    /// Float zero points (`--zero-point float`): the packed kernels use each zero rounded to an
+    /// integer z', and `(q - z)·s = (q - z')·s + (z' - z)·s`, so the rest is a per-(row, group)
+    /// offset `[N, K/g]` times the group's activation sum: `y[m, n] += Σ_g xsum[m, g]·off[n, g]`
+    /// (1/g of the main product's work).
+    pub zero_offsets: Option<ZeroOffsets>,
+}
+
+/// The `(z' - z)·s` offsets of a linear with float zero points, `[N, K/g]`.
+pub struct ZeroOffsets {
+    pub group: usize,
+    pub off: Vec<f32>,
+}
+
+impl ZeroOffsets {
+    fn of(l: &QuantizedLinear) -> Option<Self> {
+        l.float_zeros.as_ref()?;
+        let off = (0..l.zeros.len()).map(|c| (l.zeros[c] as f32 - l.zero_at(c)) * l.scales[c].to_f32()).collect();
+        Some(ZeroOffsets { group: l.params.group, off })
+    }
+
+    /// `y [M, N] += xsum [M, K/g] · offᵀ`, in f32.
+    fn apply(&self, x: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) {
+        let groups = k / self.group;
+        let xsum: Vec<f32> = x.chunks(self.group).map(|g| g.iter().sum()).collect();
+        debug_assert_eq!(xsum.len(), m * groups);
+        crate::engine::team::par_chunks_mut(y, n * 64, |c, rows| {
+            let first = c * 64;
+            for (i, row) in rows.chunks_mut(n).enumerate() {
+                let xs = &xsum[(first + i) * groups..(first + i + 1) * groups];
+                for (j, yv) in row.iter_mut().enumerate() {
+                    *yv += dot(xs, &self.off[j * groups..(j + 1) * groups]);
+                }
+            }
+        });
+    }
 }
 
 impl HostLinear {
     pub fn from_dense(l: &Linear) -> Self {
         let (n, k) = l.w.dims2();
-        HostLinear { n, k, w: HostWeight::F32(l.w.data.clone()), b: l.b.clone() }
+        HostLinear { n, k, w: HostWeight::F32(l.w.data.clone()), b: l.b.clone(), zero_offsets: None }
     }
 
     /// Packed for `act` (int8 activations need a group size that is a multiple of 32; other
@@ -75,7 +110,7 @@ impl HostLinear {
         } else {
             HostWeight::Int4(PackedInt4::from_quantized(l)?)
         };
-        Ok(HostLinear { n: l.n, k: l.k, w, b: l.bias.clone() })
+        Ok(HostLinear { n: l.n, k: l.k, w, b: l.bias.clone(), zero_offsets: ZeroOffsets::of(l) })
     }
 
     /// Resident bytes of the weight.
@@ -96,6 +131,9 @@ impl HostLinear {
             HostWeight::F32(w) => matmul_f32_nt(x, w, &mut y, m, self.k, self.n),
             HostWeight::Int4(p) => int4_cpu::int4_matmul(x, m, p, &mut y),
             HostWeight::W4A8(p) => w4a8_cpu::w4a8_matmul(&w4a8_cpu::quantize_rows(x, m, self.k, p.group), p, &mut y),
+        }
+        if let Some(z) = &self.zero_offsets {
+            z.apply(x, m, self.k, self.n, &mut y);
         }
         if let Some(b) = &self.b {
             crate::engine::team::par_chunks_mut(&mut y, self.n * 64, |_, rows| rows.chunks_mut(self.n).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b)));
@@ -766,6 +804,41 @@ fn attend_group<const R: usize>(blocks: &[(&[f32], &[f32])], d: usize, scale: f3
 mod tests {
     use super::*;
     use crate::engine::kv_cache::BLOCK_LEN as B;
+
+    /// A linear with float zero points (`--zero-point float`) through both packed kernels plus
+    /// the zero offsets, against `x · dequantize(W)ᵀ` in f64. f32 activations: f32 accumulation
+    /// error only; int8 activations: their 8-bit rounding (about 0.4%), while dropping the offsets
+    /// would be off by far more (checked, so the test can fail).
+    #[test]
+    fn float_zero_points_give_the_dequantized_product_on_both_kernels() {
+        use crate::quant::int4::{QuantParams, ZeroPoint};
+        let (m, n, k, g) = (5, 48, 256, 64);
+        let mut s = 3u64;
+        let mut next = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        // Rows offset from 0, so many integer zeros would clamp and the float zeros matter.
+        let w = crate::tensor::HostTensor::from_fn(&[n, k], |i| next() + if (i / k) % 3 == 0 { 0.8 } else { 0.0 });
+        let x: Vec<f32> = (0..m * k).map(|_| next() * 2.0).collect();
+        let l = QuantizedLinear::quantize("t", &w, None, QuantParams::new(4, g).unwrap().with_zero(ZeroPoint::Float)).unwrap();
+        assert!(l.float_zeros.as_ref().unwrap().iter().any(|z| z.to_f32().fract() != 0.0));
+        let deq = l.dequantize();
+        let want: Vec<f64> = (0..m * n)
+            .map(|i| (0..k).map(|c| x[(i / n) * k + c] as f64 * deq.data[(i % n) * k + c] as f64).sum())
+            .collect();
+        let max_ref = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+        let rel = |y: &[f32]| y.iter().zip(&want).fold(0f64, |a, (&y, w)| a.max((y as f64 - w).abs())) / max_ref;
+        for (act, tol) in [(Activations::F32, 1e-5), (Activations::Int8, 2e-2)] {
+            let mut hl = HostLinear::from_quantized(&l, act).unwrap();
+            assert!(matches!((&hl.w, act), (HostWeight::Int4(_), Activations::F32) | (HostWeight::W4A8(_), Activations::Int8)));
+            let e = rel(&hl.forward(&x, m));
+            assert!(e < tol, "{act:?}: relative error {e:e} (tolerance {tol:e})");
+            hl.zero_offsets = None;
+            let without = rel(&hl.forward(&x, m));
+            assert!(without > 10.0 * tol, "{act:?}: without the offsets the error is only {without:e}");
+        }
+    }
 
     /// K (transposed per block) and V blocks holding `n` keys `k`, `v` (`[n, d]` each).
     fn f32_blocks_of(k: &[f32], v: &[f32], n: usize, d: usize) -> Vec<(Vec<f32>, Vec<f32>)> {

@@ -829,7 +829,7 @@ mod tests {
         let q = (0..n * k).map(|_| (rng.next() % 16) as u8).collect();
         let zeros = (0..n * k / g).map(|_| (rng.next() % 16) as u8).collect();
         let scales = (0..n * k / g).map(|_| f16::from_f32(1e-3 + (rng.next() % 4096) as f32 * 1e-5)).collect();
-        QuantizedLinear { n, k, params: QuantParams::new(4, g).unwrap(), q, zeros, scales, bias: None }
+        QuantizedLinear { n, k, params: QuantParams::new(4, g).unwrap(), q, zeros, scales, bias: None, float_zeros: None }
     }
 
     /// Reference dequantization straight from the `QuantizedLinear` fields, as

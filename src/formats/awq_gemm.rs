@@ -134,6 +134,7 @@ pub fn from_awq(t: &AwqTensors, n: usize, k: usize, params: QuantParams, bias: O
         zeros: transpose(&unpack_awq(&t.qzeros, g, n), g, n),
         scales: transpose(&t.scales, g, n),
         bias,
+        float_zeros: None,
     }
 }
 
@@ -198,6 +199,11 @@ fn check_packable(c: &ModelConfig, p: QuantParams) -> Result<()> {
             "AutoAWQ GEMM checkpoints hold 4-bit weights; this model was quantized to {} bits",
             p.bits
         )));
+    }
+    if p.zero != crate::quant::int4::ZeroPoint::Int {
+        return Err(Error::usage(
+            "--zero-point float: AutoAWQ GEMM checkpoints store 4-bit integer zero points (qzeros); write a TurboMind workspace (--out-format turbomind) to keep fp16 zeros",
+        ));
     }
     for m in layer_modules(c.arch) {
         let (name, n, k, _) = module_shape(c, 0, m);
@@ -339,6 +345,9 @@ impl AwqWriter {
 }
 
 fn write_linear(out: &mut ShardedWriter, name: &str, l: &QuantizedLinear) -> Result<()> {
+    if l.float_zeros.is_some() {
+        return Err(Error::input(name, "has fp16 (non-integer) zero points, which an AutoAWQ GEMM checkpoint cannot store (qzeros are 4-bit integers)"));
+    }
     let t = to_awq(l);
     out.write(&format!("{name}.qweight"), &i32_bytes(&t.qweight))?;
     out.write(&format!("{name}.qzeros"), &i32_bytes(&t.qzeros))?;

@@ -81,6 +81,9 @@ fn pad_out(l: &QuantizedLinear, n_new: usize) -> QuantizedLinear {
     p.q.resize(p.n * l.k, 0);
     p.zeros.resize(p.n * g, 0);
     p.scales.resize(p.n * g, f16::ZERO);
+    if let Some(f) = p.float_zeros.as_mut() {
+        f.resize(p.n * g, f16::ZERO);
+    }
     if let Some(b) = p.bias.as_mut() {
         b.resize(p.n, 0.0);
     }
@@ -97,6 +100,7 @@ fn pad_in(l: &QuantizedLinear, k_new: usize) -> QuantizedLinear {
     let mut q = Vec::with_capacity(l.n * k_new);
     let mut zeros = Vec::with_capacity(l.n * g_new);
     let mut scales = Vec::with_capacity(l.n * g_new);
+    let mut float_zeros = l.float_zeros.as_ref().map(|_| Vec::with_capacity(l.n * g_new));
     for r in 0..l.n {
         q.extend_from_slice(&l.q[r * l.k..(r + 1) * l.k]);
         q.resize((r + 1) * k_new, 0);
@@ -104,8 +108,12 @@ fn pad_in(l: &QuantizedLinear, k_new: usize) -> QuantizedLinear {
         zeros.resize((r + 1) * g_new, 0);
         scales.extend_from_slice(&l.scales[r * g_old..(r + 1) * g_old]);
         scales.resize((r + 1) * g_new, f16::ZERO);
+        if let (Some(dst), Some(src)) = (float_zeros.as_mut(), l.float_zeros.as_ref()) {
+            dst.extend_from_slice(&src[r * g_old..(r + 1) * g_old]);
+            dst.resize((r + 1) * g_new, f16::ZERO);
+        }
     }
-    QuantizedLinear { n: l.n, k: k_new, params: l.params, q, zeros, scales, bias: l.bias.clone() }
+    QuantizedLinear { n: l.n, k: k_new, params: l.params, q, zeros, scales, bias: l.bias.clone(), float_zeros }
 }
 
 /// Inverse of [`pad_out`]: keep the first `n` rows. The dropped rows must have zero scales (so they
@@ -133,6 +141,7 @@ fn unpad_in(l: &QuantizedLinear, k: usize, what: &str) -> Result<QuantizedLinear
         zeros: Vec::with_capacity(l.n * g_new),
         scales: Vec::with_capacity(l.n * g_new),
         bias: l.bias.clone(),
+        float_zeros: l.float_zeros.as_ref().map(|_| Vec::with_capacity(l.n * g_new)),
     };
     for r in 0..l.n {
         let s = &l.scales[r * g_old..(r + 1) * g_old];
@@ -145,6 +154,9 @@ fn unpad_in(l: &QuantizedLinear, k: usize, what: &str) -> Result<QuantizedLinear
         out.q.extend_from_slice(&l.q[r * l.k..r * l.k + k]);
         out.zeros.extend_from_slice(&l.zeros[r * g_old..r * g_old + g_new]);
         out.scales.extend_from_slice(&s[..g_new]);
+        if let (Some(dst), Some(src)) = (out.float_zeros.as_mut(), l.float_zeros.as_ref()) {
+            dst.extend_from_slice(&src[r * g_old..r * g_old + g_new]);
+        }
     }
     Ok(out)
 }
@@ -585,7 +597,11 @@ pub fn config_yaml(c: &ModelConfig, p: QuantParams, model_name: &str, chat_templ
 fn write_linear(dir: &Path, prefix: &str, l: &QuantizedLinear) -> Result<()> {
     let g = l.groups();
     let qweight = awq_gemm::pack_nibbles(&transpose(&l.q, l.n, l.k), l.k, l.n, &NATURAL_ORDER);
-    let zeros: Vec<f16> = transpose(&l.zeros, l.n, g).iter().map(|&z| f16::from_f32(f32::from(z))).collect();
+    // fp16 zeros as TurboMind stores them: integer values, or the float zeros themselves.
+    let zeros: Vec<f16> = match &l.float_zeros {
+        Some(f) => transpose(f, l.n, g),
+        None => transpose(&l.zeros, l.n, g).iter().map(|&z| f16::from_f32(f32::from(z))).collect(),
+    };
     write_raw(dir, &format!("{prefix}.qweight"), &i32_bytes(&qweight))?;
     write_raw(dir, &format!("{prefix}.scales"), &f16_bytes(&transpose(&l.scales, l.n, g)))?;
     write_raw(dir, &format!("{prefix}.zeros"), &f16_bytes(&zeros))?;
@@ -984,27 +1000,18 @@ fn read_linear(dir: &Path, prefix: &str, n: usize, k: usize, p: QuantParams, bia
     }
     let zpath = dir.join(format!("{prefix}.zeros"));
     let max_q = p.max_q() as f32;
-    let zeros = read_f16(&zpath, g * n, &format!("f16 [{g}, {n}]"))?
-        .into_iter()
-        .enumerate()
-        .map(|(i, z)| {
-            if z.fract() == 0.0 && (0.0..=max_q).contains(&z) {
-                Ok(z as u8)
-            } else {
-                Err(Error::input(
-                    zpath.display(),
-                    format!("zero point {z} at index {i} is not an integer in 0..={max_q}"),
-                ))
-            }
-        })
-        .collect::<Result<Vec<u8>>>()?;
+    let zf = read_f16(&zpath, g * n, &format!("f16 [{g}, {n}]"))?; // finite (read_f16 checks)
+    // Integer zeros in the code range (what lmdeploy writes), else fp16 zeros (`--zero-point float`).
+    let integer = zf.iter().all(|&z| z.fract() == 0.0 && (0.0..=max_q).contains(&z));
+    let zeros: Vec<u8> = zf.iter().map(|&z| crate::quant::int4::round_half_even(z).clamp(0.0, max_q) as u8).collect();
+    let float_zeros = (!integer).then(|| transpose(&zf, g, n).into_iter().map(f16::from_f32).collect());
     let bias = if bias {
         let bpath = dir.join(format!("{prefix}.bias"));
         Some(read_f16(&bpath, n, &format!("f16 [{n}]"))?)
     } else {
         None
     };
-    Ok(QuantizedLinear { n, k, params: p, q, zeros: transpose(&zeros, g, n), scales: transpose(&scales, g, n), bias })
+    Ok(QuantizedLinear { n, k, params: p, q, zeros: transpose(&zeros, g, n), scales: transpose(&scales, g, n), bias, float_zeros })
 }
 
 /// Locate `(workspace root, weights dir)` from either of them.

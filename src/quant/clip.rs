@@ -96,7 +96,7 @@ pub fn clip_linear<B: Backend>(
                     for v in vals.iter_mut() {
                         *v = v.clamp(-m, m);
                     }
-                    fake_quantize_group(vals, p.max_q());
+                    fake_quantize_group(vals, p.max_q(), p.zero);
                     for (v, o) in vals.iter_mut().zip(orig) {
                         *v -= o;
                     }
@@ -126,7 +126,7 @@ pub fn clip_linear<B: Backend>(
     let row_errors = |max_val: &[f32]| -> Vec<f64> {
         let mut e = w.clone();
         apply_clip(&mut e, max_val, g);
-        e.data.par_chunks_mut(g).for_each(|vals| fake_quantize_group(vals, p.max_q()));
+        e.data.par_chunks_mut(g).for_each(|vals| fake_quantize_group(vals, p.max_q(), p.zero));
         for (q, o) in e.data.iter_mut().zip(&w.data) {
             *q -= o;
         }
@@ -180,7 +180,7 @@ mod tests {
     /// Weight error of one group clamped to ±m and fake-quantized, in f64.
     fn group_error(w: &[f32], m: f32, max_q: u32) -> Vec<f64> {
         let mut q: Vec<f32> = w.iter().map(|v| v.clamp(-m, m)).collect();
-        fake_quantize_group(&mut q, max_q);
+        fake_quantize_group(&mut q, max_q, crate::quant::int4::ZeroPoint::Int);
         q.iter().zip(w).map(|(a, b)| (*a - *b) as f64).collect()
     }
 

@@ -10,17 +10,40 @@
 //! ```
 //! `round` is round-half-to-even (torch.round). Computing zero and q with the f16 scale makes the
 //! stored (q, zero, scale) reproduce exactly what a kernel dequantizes.
+//!
+//! `--zero-point float` ([`ZeroPoint::Float`], for the outputs that store fp16 zeros) keeps the
+//! zero unrounded and unclamped, as llama.cpp's Q4_1 keeps a float minimum:
+//! ```text
+//! scale = f16( max(max(w) - min(w), 1e-5, max|w| / 64) / (2^b - 1) )
+//! zero  = f16( -min(w) / scale )                             |zero| <= 64·(2^b-1) < 1024
+//! q     = clamp( round(w / scale + zero), 0, 2^b - 1 )
+//! ```
+//! The max|w| / 64 floor only matters for a group far from 0 with a tiny range: it keeps the zero
+//! below 1024, where f16's spacing (0.5) costs at most a quarter of a code.
 
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
 use half::f16;
 use rayon::prelude::*;
 
-/// Bits and group size of the weight quantizer.
+/// How zero points are chosen and stored (`--zero-point`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroPoint {
+    /// Integers in `0..=2^b-1`: what AutoAWQ-GEMM stores and every peer's kernels read.
+    #[default]
+    Int,
+    /// fp16 zeros, unrounded (the TurboMind workspace stores zeros as fp16; awqc's engine reads
+    /// them). AutoAWQ-GEMM cannot hold them.
+    Float,
+}
+
+/// Bits, group size and zero-point kind of the weight quantizer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuantParams {
     pub bits: u32,
     pub group: usize,
+    pub zero: ZeroPoint,
 }
 
 impl QuantParams {
@@ -31,7 +54,10 @@ impl QuantParams {
         if group == 0 || group % 8 != 0 {
             return Err(Error::usage(format!("--w-group-size {group} must be a positive multiple of 8")));
         }
-        Ok(QuantParams { bits, group })
+        Ok(QuantParams { bits, group, zero: ZeroPoint::Int })
+    }
+    pub fn with_zero(self, zero: ZeroPoint) -> Self {
+        QuantParams { zero, ..self }
     }
     pub fn max_q(&self) -> u32 {
         (1 << self.bits) - 1
@@ -103,6 +129,21 @@ pub fn group_params(vals: &[f32], max_q: u32) -> (f16, u8) {
     (scale, zero as u8)
 }
 
+/// Scale and fp16 zero point of one group for [`ZeroPoint::Float`] (module docs).
+#[inline(always)]
+pub fn group_params_float(vals: &[f32], max_q: u32) -> (f16, f16) {
+    let (lo, hi) = min_max(vals);
+    let range = (hi - lo).max(1e-5).max(lo.abs().max(hi.abs()) / 64.0);
+    let scale = f16::from_f32(range / max_q as f32);
+    (scale, f16::from_f32(-lo / scale.to_f32()))
+}
+
+/// The code of one weight for a float zero: `clamp(round(w / scale + zero))`.
+#[inline(always)]
+fn code_float(w: f32, scale: f32, zero: f32, max_q: f32) -> f32 {
+    round_half_even(w / scale + zero).clamp(0.0, max_q)
+}
+
 /// The code of one weight as an f32 (an integer in [0, max_q]): `clamp(round(w / scale) + zero)`.
 #[inline(always)]
 fn code(w: f32, scale: f32, zero: f32, max_q: f32) -> f32 {
@@ -132,8 +173,12 @@ pub struct QuantizedLinear {
     pub params: QuantParams,
     /// `[N, K]` codes in `0..=2^b-1`.
     pub q: Vec<u8>,
-    /// `[N, K/g]` integer zero points.
+    /// `[N, K/g]` integer zero points (with `float_zeros`: each rounded and clamped to the code
+    /// range, for the integer kernels, which add the difference back).
     pub zeros: Vec<u8>,
+    /// `[N, K/g]` fp16 zero points when they are not integers (`--zero-point float`, or a
+    /// TurboMind workspace holding such zeros); these are then the true zeros.
+    pub float_zeros: Option<Vec<f16>>,
     /// `[N, K/g]` scales.
     pub scales: Vec<f16>,
     /// `[N]`, kept in full precision (written as f16 by the exporters).
@@ -145,13 +190,45 @@ impl QuantizedLinear {
     /// `name` is used in errors. Rows are independent, so the result does not depend on the thread
     /// count.
     pub fn quantize(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams) -> Result<Self> {
-        Self::quantize_with(name, w, bias, p, |_, vals| group_params(vals, p.max_q()))
+        match p.zero {
+            ZeroPoint::Int => Self::quantize_with(name, w, bias, p, |_, vals| group_params(vals, p.max_q())),
+            ZeroPoint::Float => Self::quantize_float(name, w, bias, p),
+        }
+    }
+
+    /// [`ZeroPoint::Float`]: fp16 zeros ([`group_params_float`]); `zeros` holds them rounded
+    /// and clamped.
+    fn quantize_float(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams) -> Result<Self> {
+        let (n, k) = w.dims2();
+        let groups = k / p.group;
+        // The cells' parameters first (rows are independent; `collect` keeps the order).
+        let cells: Vec<(f16, f16)> = w.data.par_chunks(p.group).map(|vals| group_params_float(vals, p.max_q())).collect();
+        let max_q = p.max_q() as f32;
+        let mut l = Self::quantize_with(name, w, bias, p, |cell, _| (cells[cell].0, 0))?;
+        // quantize_with checked the shape, the values and the scales; now the float codes.
+        let g = p.group;
+        l.q.par_chunks_mut(k).enumerate().for_each(|(row, qr)| {
+            let wr = &w.data[row * k..(row + 1) * k];
+            for gi in 0..groups {
+                let (s, z) = (cells[row * groups + gi].0.to_f32(), cells[row * groups + gi].1.to_f32());
+                for (dst, &v) in qr[gi * g..(gi + 1) * g].iter_mut().zip(&wr[gi * g..(gi + 1) * g]) {
+                    *dst = code_float(v, s, z, max_q) as u8;
+                }
+            }
+        });
+        l.zeros = cells.iter().map(|c| round_half_even(c.1.to_f32()).clamp(0.0, max_q) as u8).collect();
+        l.float_zeros = Some(cells.iter().map(|c| c.1).collect());
+        debug_assert_eq!(l.zeros.len(), n * groups);
+        Ok(l)
     }
 
     /// Quantize a `[N, K]` weight with given (scale, zero) per (row, group) (`[N * K/g]`, e.g. from
     /// the (scale, zero) search): the codes are `clamp(round(w / scale) + zero)`.
     pub fn quantize_with_params(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams, params: &[(f16, u8)]) -> Result<Self> {
         let (n, k) = w.dims2();
+        if p.zero != ZeroPoint::Int {
+            return Err(Error::internal(format!("{name}: given (scale, zero) parameters are integer zeros; the quantizer was set to {:?}", p.zero)));
+        }
         if params.len() != n * (k / p.group) {
             return Err(Error::internal(format!("{name}: {} group parameters for a [{n}, {k}] weight in groups of {}", params.len(), p.group)));
         }
@@ -195,11 +272,20 @@ impl QuantizedLinear {
                 format!("group scale overflows f16 at row {}, group {} (weights too large for f16)", i / groups, i % groups),
             ));
         }
-        Ok(QuantizedLinear { n, k, params: p, q, zeros, scales, bias })
+        Ok(QuantizedLinear { n, k, params: p, q, zeros, scales, bias, float_zeros: None })
     }
 
     pub fn groups(&self) -> usize {
         self.k / self.params.group
+    }
+
+    /// The zero point of (row, group) cell `row·K/g + group` as the dequantization uses it.
+    #[inline]
+    pub fn zero_at(&self, cell: usize) -> f32 {
+        match &self.float_zeros {
+            Some(f) => f[cell].to_f32(),
+            None => self.zeros[cell] as f32,
+        }
     }
 
     /// `[N, K]` dequantized weight: `(q - zero) * scale`.
@@ -209,9 +295,19 @@ impl QuantizedLinear {
         out.par_chunks_mut(k).enumerate().for_each(|(row, o)| {
             for gi in 0..groups {
                 let s = self.scales[row * groups + gi];
-                let z = self.zeros[row * groups + gi];
-                for c in gi * g..(gi + 1) * g {
-                    o[c] = dequantize_value(self.q[row * k + c], s, z);
+                match &self.float_zeros {
+                    None => {
+                        let z = self.zeros[row * groups + gi];
+                        for c in gi * g..(gi + 1) * g {
+                            o[c] = dequantize_value(self.q[row * k + c], s, z);
+                        }
+                    }
+                    Some(f) => {
+                        let (s, z) = (s.to_f32(), f[row * groups + gi].to_f32());
+                        for c in gi * g..(gi + 1) * g {
+                            o[c] = (self.q[row * k + c] as f32 - z) * s;
+                        }
+                    }
                 }
             }
         });
@@ -242,9 +338,26 @@ fn fq_group(vals: &mut [f32], max_q: u32) {
 }
 
 #[inline(always)]
+fn fq_group_float(vals: &mut [f32], max_q: u32) {
+    let (scale, zero) = group_params_float(vals, max_q);
+    let (s, z, mq) = (scale.to_f32(), zero.to_f32(), max_q as f32);
+    for v in vals.iter_mut() {
+        *v = (code_float(*v, s, z, mq) - z) * s;
+    }
+}
+
+#[inline(always)]
+fn fq_group_of(vals: &mut [f32], max_q: u32, zero: ZeroPoint) {
+    match zero {
+        ZeroPoint::Int => fq_group(vals, max_q),
+        ZeroPoint::Float => fq_group_float(vals, max_q),
+    }
+}
+
+#[inline(always)]
 fn fq_row(row: &mut [f32], p: QuantParams) {
     for vals in row.chunks_mut(p.group) {
-        fq_group(vals, p.max_q());
+        fq_group_of(vals, p.max_q(), p.zero);
     }
 }
 
@@ -262,10 +375,10 @@ fn scaled_fq_row(out: &mut [f32], row: &[f32], s: &[f32], p: QuantParams) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::QuantParams;
+    use super::{QuantParams, ZeroPoint};
     #[target_feature(enable = "avx2")]
-    pub unsafe fn fq_group(vals: &mut [f32], max_q: u32) {
-        super::fq_group(vals, max_q)
+    pub unsafe fn fq_group(vals: &mut [f32], max_q: u32, zero: ZeroPoint) {
+        super::fq_group_of(vals, max_q, zero)
     }
     #[target_feature(enable = "avx2")]
     pub unsafe fn fq_row(row: &mut [f32], p: QuantParams) {
@@ -284,13 +397,13 @@ fn has_avx2() -> bool {
 }
 
 /// Fake quantization of one group in place: `(q - z)·s` with the group's own scale and zero.
-pub fn fake_quantize_group(vals: &mut [f32], max_q: u32) {
+pub fn fake_quantize_group(vals: &mut [f32], max_q: u32, zero: ZeroPoint) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { avx2::fq_group(vals, max_q) };
+        return unsafe { avx2::fq_group(vals, max_q, zero) };
     }
-    fq_group(vals, max_q)
+    fq_group_of(vals, max_q, zero)
 }
 
 /// Fake quantization of one row (a whole number of groups) in place.
@@ -420,7 +533,7 @@ mod tests {
                 let want = spec_fake_quant(g, max_q);
                 let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 let mut a = g.clone();
-                fake_quantize_group(&mut a, max_q);
+                fake_quantize_group(&mut a, max_q, ZeroPoint::Int);
                 assert_eq!(bits_of(&a), bits_of(&want), "dispatched, {bits} bits, {g:?}");
                 let mut b = g.clone();
                 fq_group(&mut b, max_q);
@@ -440,6 +553,70 @@ mod tests {
         let mut out = vec![0f32; row.len()];
         scaled_fake_quantize_row(&mut out, &row, &sc, p);
         assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    }
+
+    /// `--zero-point float` against the formulas written out in f64: scale, zero, codes, the
+    /// dequantized value, fake quantization bit for bit; and on groups away from 0 (where the
+    /// integer zero is clamped) a much smaller error than integer zeros.
+    #[test]
+    fn float_zero_points_follow_the_spec_and_beat_integer_zeros_off_centre() {
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as f64 / (1u64 << 31) as f64 * 2.0 - 1.0
+        };
+        let (n, k, g) = (24, 256, 64);
+        let w = HostTensor::from_fn(&[n, k], |i| {
+            let row = i / k;
+            let v = rnd() as f32;
+            match row % 4 {
+                0 => v,                   // straddles 0
+                1 => 0.5 + 0.1 * v,       // all positive: integer zero clamps to 0
+                2 => -3.0 + 0.02 * v,     // all negative, narrow
+                _ => 1.5,                 // constant: the max|w|/64 floor
+            }
+        });
+        let p = QuantParams::new(4, g).unwrap().with_zero(ZeroPoint::Float);
+        let ql = QuantizedLinear::quantize("t", &w, None, p).unwrap();
+        let fz = ql.float_zeros.as_ref().expect("float zeros");
+        let deq = ql.dequantize();
+        let (mut err_float, mut err_int) = (0f64, 0f64);
+        let qi = QuantizedLinear::quantize("t", &w, None, QuantParams::new(4, g).unwrap()).unwrap().dequantize();
+        for row in 0..n {
+            for gi in 0..k / g {
+                let cell = row * (k / g) + gi;
+                let vals = &w.data[row * k + gi * g..row * k + (gi + 1) * g];
+                let lo = vals.iter().fold(f64::INFINITY, |m, &v| m.min(v as f64));
+                let hi = vals.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+                let range = ((hi - lo) as f32).max(1e-5).max((lo.abs().max(hi.abs()) as f32) / 64.0);
+                let s = f16::from_f32(range / 15.0).to_f32() as f64;
+                let z = f16::from_f32((-lo as f32) / s as f32).to_f32() as f64;
+                assert_eq!(ql.scales[cell].to_f32() as f64, s, "scale of cell {cell}");
+                assert_eq!(fz[cell].to_f32() as f64, z, "zero of cell {cell}");
+                assert!(z.abs() < 1024.0);
+                assert_eq!(ql.zeros[cell] as f64, z.round().clamp(0.0, 15.0), "rounded zero of cell {cell}");
+                for (c, &v) in vals.iter().enumerate() {
+                    let q = ql.q[row * k + gi * g + c] as f64;
+                    let want = (v as f32 / s as f32 + z as f32).round_ties_even().clamp(0.0, 15.0) as f64;
+                    assert_eq!(q, want, "code of cell {cell} col {c}");
+                    let d = (q - z) * s;
+                    assert!((deq.data[row * k + gi * g + c] as f64 - d).abs() <= 1e-6 * d.abs().max(1.0));
+                    // Half a step, plus the zero's f16 rounding, plus the top code's clamp (the
+                    // f16 scale may fall short of range / 15 by 2^-11 of it).
+                    assert!((d - v as f64).abs() <= 0.51 * s + s * z.abs() / 2048.0 + 1e-9, "cell {cell}: {v} -> {d}");
+                    err_float += (d - v as f64).powi(2);
+                    err_int += (qi.data[row * k + gi * g + c] as f64 - v as f64).powi(2);
+                }
+            }
+        }
+        assert!(err_float < 0.05 * err_int, "float zeros {err_float:e} vs integer {err_int:e}");
+        // Fake quantization is the same arithmetic, bit for bit.
+        let mut fq = w.data.clone();
+        fake_quantize_inplace(&mut fq, k, p);
+        assert_eq!(fq.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), deq.data.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        let mut one = w.data[..g].to_vec();
+        fake_quantize_group(&mut one, 15, ZeroPoint::Float);
+        assert_eq!(&one[..], &deq.data[..g]);
     }
 
     #[test]

@@ -202,7 +202,8 @@ pub fn select_rows(l: &QuantizedLinear, rows: &[usize]) -> QuantizedLinear {
         scales.extend_from_slice(&l.scales[r * g..(r + 1) * g]);
     }
     let bias = l.bias.as_ref().map(|b| rows.iter().map(|&r| b[r]).collect());
-    QuantizedLinear { n: rows.len(), k, params: l.params, q, zeros, scales, bias }
+    let float_zeros = l.float_zeros.as_ref().map(|f| rows.iter().flat_map(|&r| f[r * g..(r + 1) * g].iter().copied()).collect());
+    QuantizedLinear { n: rows.len(), k, params: l.params, q, zeros, scales, bias, float_zeros }
 }
 
 /// Rows `[start, end)` of `l`.
@@ -222,6 +223,8 @@ pub fn concat_rows(parts: &[&QuantizedLinear]) -> Result<QuantizedLinear> {
         zeros: Vec::new(),
         scales: Vec::new(),
         bias: first.bias.as_ref().map(|_| Vec::new()),
+        // Float zeros if any part has them (the others' integer zeros are exact in f16).
+        float_zeros: parts.iter().any(|p| p.float_zeros.is_some()).then(Vec::new),
     };
     for p in parts {
         if p.k != out.k || p.params != out.params || p.bias.is_some() != out.bias.is_some() {
@@ -241,6 +244,9 @@ pub fn concat_rows(parts: &[&QuantizedLinear]) -> Result<QuantizedLinear> {
         out.q.extend_from_slice(&p.q);
         out.zeros.extend_from_slice(&p.zeros);
         out.scales.extend_from_slice(&p.scales);
+        if let Some(dst) = out.float_zeros.as_mut() {
+            dst.extend((0..p.zeros.len()).map(|cell| half::f16::from_f32(p.zero_at(cell))));
+        }
         if let (Some(dst), Some(src)) = (out.bias.as_mut(), p.bias.as_ref()) {
             dst.extend_from_slice(src);
         }
