@@ -397,6 +397,46 @@ fn zero_search_only_lowers_the_calibration_loss_composes_with_gptq_and_is_determ
     assert_eq!(resumed.layers[0].zero_search.len(), 7);
 }
 
+#[test]
+fn float_zero_points_run_through_search_clip_and_zero_search_deterministically() {
+    // --zero-point float: every linear comes out with fp16 zeros (some fractional), AWQ and the
+    // (scale, zero) search beat float RTN on held-out logits, the search is kept only where it
+    // lowers the calibration loss, and the model does not depend on the thread count.
+    use awqc::quant::int4::ZeroPoint;
+    let c = synth::config(Arch::Llama, 128, 256, 2, 4, 2, 64, true);
+    let src = MemSource { globals: synth::globals(&c, 3), layers: (0..2).map(|i| synth::layer(&c, 3, i)).collect(), config: c.clone() };
+    let mut r = SplitMix(17);
+    let blocks: Vec<Vec<u32>> = (0..4).map(|_| (0..32).map(|_| (r.next_u64() % 64) as u32).collect()).collect();
+    let go = |blocks: &[Vec<u32>], clip: bool, zero_search: bool| {
+        let opts = QuantizeOptions { params: QuantParams::new(4, 32).unwrap().with_zero(ZeroPoint::Float), zero_search, ..options(Mode::Awq, clip, 2) };
+        let mut sink = CollectSink::default();
+        let rep = quantize::<B>(&src, blocks, &opts, &mut sink, &Default::default(), None, |_| {}).unwrap();
+        (sink.model.unwrap(), rep)
+    };
+    let (rtn, _) = go(&[], false, false);
+    let (awq, _) = go(&blocks, true, false);
+    let (zs, rep) = go(&blocks, true, true);
+    for m in [&rtn, &awq, &zs] {
+        for l in &m.layers {
+            for k in LinearKind::ALL {
+                let fz = l.linear(k).float_zeros.as_ref().expect("float zeros on every linear");
+                assert!(fz.iter().any(|z| z.to_f32().fract() != 0.0), "{k:?}: only integer zeros");
+            }
+        }
+    }
+    let ids: Vec<u32> = (0..24).map(|_| (r.next_u64() % 64) as u32).collect();
+    let fp = reference::reference_logits(&c, &src.globals, &src.layers, &ids);
+    let (e_rtn, e_awq, e_zs) = (logits_mse(&rtn, &fp, &ids), logits_mse(&awq, &fp, &ids), logits_mse(&zs, &fp, &ids));
+    eprintln!("float zeros, logit MSE vs fp: rtn {e_rtn:.5}  awq {e_awq:.5}  awq + zero search {e_zs:.5}");
+    assert!(e_awq < e_rtn && e_zs < e_rtn, "rtn {e_rtn} awq {e_awq} zero search {e_zs}");
+    for l in &rep.layers {
+        assert_eq!(l.zero_search.len(), 7);
+        assert!(l.zero_search.iter().all(|r| r.kept == (r.loss_search <= r.loss_minmax)));
+    }
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| go(&blocks, true, true).0);
+    assert!(one.layers == zs.layers, "float-zero model differs with one thread");
+}
+
 /// The per-layer check against round-to-nearest: each layer's reported output error, quantized as
 /// written and RTN of its original weights, equals an f64 reference forward of that layer on its
 /// full-precision inputs, and the flagged layers are exactly those where the first is larger.

@@ -125,11 +125,8 @@ fn options(a: &Args) -> Result<QuantizeOptions> {
                 "--zero-point float: the AutoAWQ GEMM checkpoint (--out-format autoawq, the default) stores 4-bit integer zero points; use --out-format turbomind (fp16 zeros, group size 128)",
             ));
         }
-        if a.gptq || a.zero_search {
-            return Err(Error::usage(format!(
-                "--zero-point float does not combine with {} yet (both refine integer zero points)",
-                if a.gptq { "--gptq" } else { "--zero-search" }
-            )));
+        if a.gptq {
+            return Err(Error::usage("--zero-point float does not combine with --gptq yet (its feedback rounds with integer zero points)"));
         }
     }
     if a.out_format == OutFormat::Turbomind && a.turbomind_out.is_some() {

@@ -139,6 +139,11 @@ pub fn group_params_float(vals: &[f32], max_q: u32) -> (f16, f16) {
 }
 
 /// The code of one weight for a float zero: `clamp(round(w / scale + zero))`.
+#[inline]
+pub fn quantize_value_float(w: f32, scale: f32, zero: f32, max_q: u32) -> u8 {
+    code_float(w, scale, zero, max_q as f32) as u8
+}
+
 #[inline(always)]
 fn code_float(w: f32, scale: f32, zero: f32, max_q: f32) -> f32 {
     round_half_even(w / scale + zero).clamp(0.0, max_q)
@@ -192,20 +197,26 @@ impl QuantizedLinear {
     pub fn quantize(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams) -> Result<Self> {
         match p.zero {
             ZeroPoint::Int => Self::quantize_with(name, w, bias, p, |_, vals| group_params(vals, p.max_q())),
-            ZeroPoint::Float => Self::quantize_float(name, w, bias, p),
+            ZeroPoint::Float => {
+                // The cells' parameters first (rows are independent; `collect` keeps the order).
+                p.check_divides(name, w.dims2().1)?;
+                let cells: Vec<(f16, f16)> = w.data.par_chunks(p.group).map(|vals| group_params_float(vals, p.max_q())).collect();
+                Self::quantize_float(name, w, bias, p, &cells)
+            }
         }
     }
 
-    /// [`ZeroPoint::Float`]: fp16 zeros ([`group_params_float`]); `zeros` holds them rounded
-    /// and clamped.
-    fn quantize_float(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams) -> Result<Self> {
+    /// [`ZeroPoint::Float`] with the (scale, fp16 zero) of each (row, group) cell given; `zeros`
+    /// holds the zeros rounded and clamped.
+    fn quantize_float(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams, cells: &[(f16, f16)]) -> Result<Self> {
         let (n, k) = w.dims2();
         let groups = k / p.group;
-        // The cells' parameters first (rows are independent; `collect` keeps the order).
-        let cells: Vec<(f16, f16)> = w.data.par_chunks(p.group).map(|vals| group_params_float(vals, p.max_q())).collect();
         let max_q = p.max_q() as f32;
         let mut l = Self::quantize_with(name, w, bias, p, |cell, _| (cells[cell].0, 0))?;
-        // quantize_with checked the shape, the values and the scales; now the float codes.
+        // quantize_with checked the shape, the values and the scales; now the zeros and the codes.
+        if let Some(i) = cells.iter().position(|c| !c.1.is_finite()) {
+            return Err(Error::input(name, format!("zero point of row {}, group {} overflows f16", i / groups, i % groups)));
+        }
         let g = p.group;
         l.q.par_chunks_mut(k).enumerate().for_each(|(row, qr)| {
             let wr = &w.data[row * k..(row + 1) * k];
@@ -223,16 +234,23 @@ impl QuantizedLinear {
     }
 
     /// Quantize a `[N, K]` weight with given (scale, zero) per (row, group) (`[N * K/g]`, e.g. from
-    /// the (scale, zero) search): the codes are `clamp(round(w / scale) + zero)`.
-    pub fn quantize_with_params(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams, params: &[(f16, u8)]) -> Result<Self> {
+    /// the (scale, zero) search): the codes are `clamp(round(w / scale) + zero)` (integer zeros,
+    /// which must then be integers in the code range) or `clamp(round(w / scale + zero))` (float).
+    pub fn quantize_with_params(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams, params: &[(f16, f16)]) -> Result<Self> {
         let (n, k) = w.dims2();
-        if p.zero != ZeroPoint::Int {
-            return Err(Error::internal(format!("{name}: given (scale, zero) parameters are integer zeros; the quantizer was set to {:?}", p.zero)));
-        }
         if params.len() != n * (k / p.group) {
             return Err(Error::internal(format!("{name}: {} group parameters for a [{n}, {k}] weight in groups of {}", params.len(), p.group)));
         }
-        Self::quantize_with(name, w, bias, p, |cell, _| params[cell])
+        match p.zero {
+            ZeroPoint::Float => Self::quantize_float(name, w, bias, p, params),
+            ZeroPoint::Int => {
+                let max_q = p.max_q() as f32;
+                if let Some(i) = params.iter().position(|c| { let z = c.1.to_f32(); z.fract() != 0.0 || !(0.0..=max_q).contains(&z) }) {
+                    return Err(Error::internal(format!("{name}: zero point {} of cell {i} is not an integer in 0..={max_q}", params[i].1)));
+                }
+                Self::quantize_with(name, w, bias, p, |cell, _| (params[cell].0, params[cell].1.to_f32() as u8))
+            }
+        }
     }
 
     /// The quantizer with the (scale, zero) of (row, group) cell `row·K/g + group` given by

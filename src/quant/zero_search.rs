@@ -20,15 +20,20 @@
 //!              ties to min / max
 //! ```
 //!
-//! The stored format does not change (integer zeros, f16 scales, contiguous groups), so the
-//! AutoAWQ-GEMM and TurboMind outputs load wherever plain AWQ's do. The pipeline keeps the result
+//! With `--zero-point float` the zero is kept as fp16 instead: the min / max candidates are
+//! [`group_params_float`]'s, the least-squares `m` is not constrained (`zero = f16(-m / scale)`,
+//! which must stay below 1024 in magnitude), the codes are `clamp(round(w / scale + zero))`, and
+//! the refit with fixed codes fits scale and zero together (the same weighted least squares).
+//!
+//! With integer zeros the stored format does not change (integer zeros, f16 scales, contiguous
+//! groups), so the AutoAWQ-GEMM and TurboMind outputs load wherever plain AWQ's do. The pipeline keeps the result
 //! only where the linear's whole calibration loss (cross-group terms included) is not worse than
 //! min / max rounding's. Rows in parallel, every sum in a fixed order: the choice does not depend
 //! on the thread count.
 
 use crate::error::{Error, Result};
 use crate::quant::hessian::{dot, Hessian};
-use crate::quant::int4::{dequantize_value, group_params, quantize_value, round_half_even, QuantParams};
+use crate::quant::int4::{dequantize_value, group_params, group_params_float, quantize_value, quantize_value_float, round_half_even, QuantParams, ZeroPoint};
 use crate::tensor::HostTensor;
 use half::f16;
 use rayon::prelude::*;
@@ -54,19 +59,63 @@ pub struct ZeroSearchResult {
     pub seconds: f64,
 }
 
-/// One candidate: its parameters and whether its codes come from the clipped group (`b`) or the
-/// target (`t`).
+/// One candidate: its parameters (an integer zero is held exactly in the f16) and whether its
+/// codes come from the clipped group (`b`) or the target (`t`).
 #[derive(Clone, Copy, PartialEq)]
 struct Candidate {
     scale: f16,
-    zero: u8,
+    zero: f16,
     from_clipped: bool,
+}
+
+/// Integer or float zero points, with the code and dequantization of each.
+#[derive(Clone, Copy)]
+struct Zeros {
+    float: bool,
+    max_q: u32,
+}
+
+impl Zeros {
+    fn minmax(&self, v: &[f32]) -> (f16, f16) {
+        if self.float {
+            group_params_float(v, self.max_q)
+        } else {
+            let (s, z) = group_params(v, self.max_q);
+            (s, f16::from_f32(z as f32))
+        }
+    }
+    /// The dequantized value of `w` under (scale, zero).
+    fn fake(&self, w: f32, scale: f16, zero: f16) -> f32 {
+        if self.float {
+            let (s, z) = (scale.to_f32(), zero.to_f32());
+            (quantize_value_float(w, s, z, self.max_q) as f32 - z) * s
+        } else {
+            let z = zero.to_f32() as u8;
+            dequantize_value(quantize_value(w, scale.to_f32(), z, self.max_q), scale, z)
+        }
+    }
+    /// `code - zero` of `w` under (scale, zero), as the least-squares refit uses it.
+    fn centred_code(&self, w: f32, scale: f16, zero: f16) -> f64 {
+        let z = zero.to_f32();
+        let q = if self.float { quantize_value_float(w, scale.to_f32(), z, self.max_q) } else { quantize_value(w, scale.to_f32(), z as u8, self.max_q) };
+        q as f64 - z as f64
+    }
+    /// The stored zero for a least-squares offset `m` (`t ≈ d·L + m`) and the f16 scale: `None`
+    /// when it does not fit (float: |zero| >= 1024, where f16 spacing passes half a code).
+    fn zero_of(&self, m: f64, sf: f32) -> Option<f16> {
+        let z = -(m as f32) / sf;
+        if self.float {
+            (z.is_finite() && z.abs() < 1024.0).then(|| f16::from_f32(z))
+        } else {
+            Some(f16::from_f32((round_half_even(z) + 0.0).clamp(0.0, self.max_q as f32)))
+        }
+    }
 }
 
 /// The searched parameters of a `[N, K]` weight and the values to quantize with them.
 pub struct ZeroSearch {
-    /// `[N * K/g]` (scale, zero).
-    pub params: Vec<(f16, u8)>,
+    /// `[N * K/g]` (scale, zero); the zero is an integer unless `--zero-point float`.
+    pub params: Vec<(f16, f16)>,
     /// `[N, K]`: each group from the target, or from the clipped weight where min / max rounding
     /// of it won.
     pub source: HostTensor,
@@ -83,7 +132,8 @@ pub fn search_linear(name: &str, target: &HostTensor, clipped: &HostTensor, h: &
     p.check_divides(name, k)?;
     let (g, groups) = (p.group, k / p.group);
     let blocks = h.diagonal_blocks(g);
-    let mut params = vec![(f16::ZERO, 0u8); n * groups];
+    let zk = Zeros { float: p.zero == ZeroPoint::Float, max_q: p.max_q() };
+    let mut params = vec![(f16::ZERO, f16::ZERO); n * groups];
     let mut source = target.clone();
     let changed: usize = params
         .par_chunks_mut(groups)
@@ -94,9 +144,9 @@ pub fn search_linear(name: &str, target: &HostTensor, clipped: &HostTensor, h: &
             let mut changed = 0;
             for gi in 0..groups {
                 let cols = gi * g..(gi + 1) * g;
-                let c = search_group(&tr[cols.clone()], &br[cols.clone()], &blocks[gi * g * g..(gi + 1) * g * g], p.max_q());
+                let c = search_group(&tr[cols.clone()], &br[cols.clone()], &blocks[gi * g * g..(gi + 1) * g * g], zk);
                 pr[gi] = (c.scale, c.zero);
-                if (c.scale, c.zero) != group_params(&br[cols.clone()], p.max_q()) {
+                if (c.scale, c.zero) != zk.minmax(&br[cols.clone()]) {
                     changed += 1;
                 }
                 if c.from_clipped {
@@ -110,10 +160,9 @@ pub fn search_linear(name: &str, target: &HostTensor, clipped: &HostTensor, h: &
 }
 
 /// Dequantized error `t - (q - z)·s` of a group under one candidate, codes from `src`.
-fn errors(t: &[f32], src: &[f32], c: Candidate, max_q: u32, e: &mut [f64]) {
-    let s = c.scale.to_f32();
+fn errors(t: &[f32], src: &[f32], c: Candidate, zk: Zeros, e: &mut [f64]) {
     for ((e, &tv), &sv) in e.iter_mut().zip(t).zip(src) {
-        *e = tv as f64 - dequantize_value(quantize_value(sv, s, c.zero, max_q), c.scale, c.zero) as f64;
+        *e = tv as f64 - zk.fake(sv, c.scale, c.zero) as f64;
     }
 }
 
@@ -124,10 +173,10 @@ fn quad(hb: &[f64], e: &[f64]) -> f64 {
 }
 
 /// The search of one group (module comment): `t` target, `b` clipped, `hb` the `[g, g]` block.
-fn search_group(t: &[f32], b: &[f32], hb: &[f64], max_q: u32) -> Candidate {
-    let g = t.len();
+fn search_group(t: &[f32], b: &[f32], hb: &[f64], zk: Zeros) -> Candidate {
+    let (g, max_q) = (t.len(), zk.max_q);
     let a: Vec<f64> = (0..g).map(|j| hb[j * g + j]).collect();
-    let (s0, z0) = group_params(b, max_q);
+    let (s0, z0) = zk.minmax(b);
     let base = Candidate { scale: s0, zero: z0, from_clipped: true };
     if a.iter().all(|&v| v == 0.0) {
         return base; // no calibration signal reaches this group
@@ -139,7 +188,7 @@ fn search_group(t: &[f32], b: &[f32], hb: &[f64], max_q: u32) -> Candidate {
             cands.push(c);
         }
     };
-    let (s1, z1) = group_params(t, max_q);
+    let (s1, z1) = zk.minmax(t);
     push(Candidate { scale: s1, zero: z1, from_clipped: false }, &mut cands);
     let mq = max_q as f32;
     let mut codes = vec![0f64; g];
@@ -170,8 +219,8 @@ fn search_group(t: &[f32], b: &[f32], hb: &[f64], max_q: u32) -> Candidate {
                 continue;
             }
             let (mut d, mut m) = ((sw * slx - sl * sx) / det, (sll * sx - sl * slx) / det);
-            if m > 0.0 {
-                // The zero point cannot be negative: fit the scale alone with m = 0.
+            if m > 0.0 && !zk.float {
+                // An integer zero point cannot be negative: fit the scale alone with m = 0.
                 m = 0.0;
                 d = slx / sll;
             }
@@ -183,18 +232,43 @@ fn search_group(t: &[f32], b: &[f32], hb: &[f64], max_q: u32) -> Candidate {
             if !(sf.is_finite() && sf > 0.0) {
                 continue;
             }
-            let zero = (-round_half_even((m as f32) / sf)).clamp(0.0, mq) as u8;
+            let Some(zero) = zk.zero_of(m, sf) else { continue };
             let c = Candidate { scale, zero, from_clipped: false };
             push(c, &mut cands);
-            // Refit the scale with the codes of (scale, zero) fixed.
-            let (mut num, mut den) = (0f64, 0f64);
-            for j in 0..g {
-                let qz = quantize_value(t[j], sf, zero, max_q) as f64 - zero as f64;
-                num += a[j] * t[j] as f64 * qz;
-                den += a[j] * qz * qz;
-            }
-            if den > 0.0 && num > 0.0 {
-                push(Candidate { scale: f16::from_f64(num / den), zero, from_clipped: false }, &mut cands);
+            if zk.float {
+                // Refit scale and zero together with the codes of (scale, zero) fixed.
+                let (mut sw, mut sl, mut sll, mut sx, mut slx) = (0f64, 0f64, 0f64, 0f64, 0f64);
+                for j in 0..g {
+                    let l = quantize_value_float(t[j], sf, zero.to_f32(), max_q) as f64;
+                    let (w, x) = (a[j], t[j] as f64);
+                    sw += w;
+                    sl += w * l;
+                    sll += w * l * l;
+                    sx += w * x;
+                    slx += w * l * x;
+                }
+                let det = sw * sll - sl * sl;
+                if det > 0.0 {
+                    let (d, m) = ((sw * slx - sl * sx) / det, (sll * sx - sl * slx) / det);
+                    let scale = f16::from_f64(d);
+                    let sf = scale.to_f32();
+                    if d > 0.0 && sf.is_finite() && sf > 0.0 {
+                        if let Some(zero) = zk.zero_of(m, sf) {
+                            push(Candidate { scale, zero, from_clipped: false }, &mut cands);
+                        }
+                    }
+                }
+            } else {
+                // Refit the scale with the codes of (scale, zero) fixed.
+                let (mut num, mut den) = (0f64, 0f64);
+                for j in 0..g {
+                    let qz = zk.centred_code(t[j], scale, zero);
+                    num += a[j] * t[j] as f64 * qz;
+                    den += a[j] * qz * qz;
+                }
+                if den > 0.0 && num > 0.0 {
+                    push(Candidate { scale: f16::from_f64(num / den), zero, from_clipped: false }, &mut cands);
+                }
             }
         }
     }
@@ -205,7 +279,7 @@ fn search_group(t: &[f32], b: &[f32], hb: &[f64], max_q: u32) -> Candidate {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            errors(t, src(c), *c, max_q, &mut e);
+            errors(t, src(c), *c, zk, &mut e);
             (e.iter().zip(&a).map(|(e, a)| a * e * e).sum::<f64>(), i)
         })
         .collect();
@@ -213,7 +287,7 @@ fn search_group(t: &[f32], b: &[f32], hb: &[f64], max_q: u32) -> Candidate {
     let mut best = (f64::INFINITY, base);
     for i in std::iter::once(0).chain(diag.iter().map(|d| d.1).filter(|&i| i != 0).take(SHORTLIST)) {
         let c = cands[i];
-        errors(t, src(&c), c, max_q, &mut e);
+        errors(t, src(&c), c, zk, &mut e);
         let l = quad(hb, &e);
         if l < best.0 {
             best = (l, c);
@@ -260,13 +334,13 @@ mod tests {
         let w = HostTensor { shape: vec![n, k], data: rnd(3, n * k).iter().map(|&v| (0.02 * v * v * v + 0.01 * v) as f32).collect() };
         let x = inputs(t, k, 5);
         let h = Hessian::of_rows(&x, k);
-        for group in [32usize, 64] {
-            let p = QuantParams::new(4, group).unwrap();
+        for (group, zero) in [(32usize, ZeroPoint::Int), (64, ZeroPoint::Int), (64, ZeroPoint::Float)] {
+            let p = QuantParams::new(4, group).unwrap().with_zero(zero);
             let zs = search_linear("t", &w, &w, &h, p).unwrap();
             let rtn = QuantizedLinear::quantize("t", &w, None, p).unwrap();
             let got = QuantizedLinear::quantize_with_params("t", &zs.source, None, p, &zs.params).unwrap();
             let (e_rtn, e_zs) = (output_error(&x, k, &w, &rtn.dequantize()), output_error(&x, k, &w, &got.dequantize()));
-            assert!(e_zs < 0.85 * e_rtn, "group {group}: search {e_zs} vs min/max {e_rtn}");
+            assert!(e_zs < 0.85 * e_rtn, "group {group} {zero:?}: search {e_zs} vs min/max {e_rtn}");
             assert!(zs.changed_fraction > 0.3, "{}", zs.changed_fraction);
             // Per group, by the group's own block of H: never worse than min / max.
             let blocks = h.diagonal_blocks(group);
@@ -278,8 +352,14 @@ mod tests {
                 let hb = &blocks[gi * group * group..(gi + 1) * group * group];
                 assert!(quad(hb, &e(&wz)) <= quad(hb, &e(&wq)) * (1.0 + 1e-12), "cell {cell}");
             }
-            // Zero points stay integers in range and scales finite: the stored format holds.
+            // Zero points stay integers in range (or finite fp16 below 1024) and scales finite:
+            // the stored format holds.
             assert!(got.zeros.iter().all(|&z| z <= 15) && got.scales.iter().all(|s| s.to_f32() > 0.0 && s.is_finite()));
+            assert_eq!(got.float_zeros.is_some(), zero == ZeroPoint::Float);
+            if let Some(fz) = &got.float_zeros {
+                assert!(fz.iter().all(|z| z.is_finite() && z.to_f32().abs() < 1024.0));
+                assert!(fz.iter().any(|z| z.to_f32().fract() != 0.0));
+            }
         }
     }
 
@@ -292,7 +372,7 @@ mod tests {
         let dead = Hessian { k, h: vec![0.0; k * k], tokens: 10 };
         let zs = search_linear("t", &w, &w, &dead, p).unwrap();
         let rtn = QuantizedLinear::quantize("t", &w, None, p).unwrap();
-        assert_eq!(zs.params, rtn.scales.iter().copied().zip(rtn.zeros.iter().copied()).collect::<Vec<_>>());
+        assert_eq!(zs.params, rtn.scales.iter().copied().zip(rtn.zeros.iter().map(|&z| f16::from_f32(z as f32))).collect::<Vec<_>>());
         assert_eq!(zs.changed_fraction, 0.0);
         // A clipped copy: groups that keep min / max take their codes from it.
         let mut clipped = w.clone();
@@ -308,7 +388,8 @@ mod tests {
         for (cell, (&(s, z), src)) in a.params.iter().zip(a.source.data.chunks(32)).enumerate() {
             let from_clipped = src == &clipped.data[cell * 32..(cell + 1) * 32];
             if src != &w.data[cell * 32..(cell + 1) * 32] {
-                assert!(from_clipped && (s, z) == group_params(src, 15), "cell {cell}");
+                let (s0, z0) = group_params(src, 15);
+                assert!(from_clipped && (s, z) == (s0, f16::from_f32(z0 as f32)), "cell {cell}");
             }
         }
         // A Hessian of the wrong size is an error, not a panic.
