@@ -1041,8 +1041,9 @@ fn quantized_checkpoints_are_refused_by_eval_and_convert() {
     ));
     {
         let mut z = read(&b.tm.join(&zeros));
-        z[..2].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
-        tm.push(("zero-point-fraction", zeros.clone(), z, vec!["zero point 0.5 at index 0 is not an integer in 0..=15".into()]));
+        // A fractional zero is a float zero (`--zero-point float`) and loads; an infinite one not.
+        z[..2].copy_from_slice(&half::f16::NEG_INFINITY.to_le_bytes());
+        tm.push(("zero-point-infinite", zeros.clone(), z, vec!["non-finite value -inf at index 0".into()]));
     }
     {
         let mut n = read(&b.tm.join(&norm));
