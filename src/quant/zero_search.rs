@@ -166,6 +166,32 @@ fn errors(t: &[f32], src: &[f32], c: Candidate, zk: Zeros, e: &mut [f64]) {
     }
 }
 
+/// Weighted least squares `t ≈ d·L + m` over a group (weights `a`, codes `L`), with the sums the
+/// integer fallback `d = Σ a L t / Σ a L²` needs.
+struct LineFit {
+    d: f64,
+    m: f64,
+    slx: f64,
+    sll: f64,
+}
+
+impl LineFit {
+    /// `None` when the codes do not determine a line (all equal, or no weight).
+    fn of(a: &[f64], codes: &[f64], t: &[f32]) -> Option<Self> {
+        let (mut sw, mut sl, mut sll, mut sx, mut slx) = (0f64, 0f64, 0f64, 0f64, 0f64);
+        for j in 0..t.len() {
+            let (w, l, x) = (a[j], codes[j], t[j] as f64);
+            sw += w;
+            sl += w * l;
+            sll += w * l * l;
+            sx += w * x;
+            slx += w * l * x;
+        }
+        let det = sw * sll - sl * sl;
+        (det > 0.0).then(|| LineFit { d: (sw * slx - sl * sx) / det, m: (sll * sx - sl * slx) / det, slx, sll })
+    }
+}
+
 /// `eᵀ H e` for a `[g, g]` block.
 fn quad(hb: &[f64], e: &[f64]) -> f64 {
     let g = e.len();
@@ -204,25 +230,12 @@ fn search_group(t: &[f32], b: &[f32], hb: &[f64], zk: Zeros) -> Candidate {
             for (l, &v) in codes.iter_mut().zip(t) {
                 *l = round_half_even(iscale * (v - lo)).clamp(0.0, mq) as f64;
             }
-            // Weighted least squares t ≈ d·L + m.
-            let (mut sw, mut sl, mut sll, mut sx, mut slx) = (0f64, 0f64, 0f64, 0f64, 0f64);
-            for j in 0..g {
-                let (w, l, x) = (a[j], codes[j], t[j] as f64);
-                sw += w;
-                sl += w * l;
-                sll += w * l * l;
-                sx += w * x;
-                slx += w * l * x;
-            }
-            let det = sw * sll - sl * sl;
-            if !(det > 0.0) {
-                continue;
-            }
-            let (mut d, mut m) = ((sw * slx - sl * sx) / det, (sll * sx - sl * slx) / det);
+            let Some(fit) = LineFit::of(&a, &codes, t) else { continue };
+            let (mut d, mut m) = (fit.d, fit.m);
             if m > 0.0 && !zk.float {
                 // An integer zero point cannot be negative: fit the scale alone with m = 0.
                 m = 0.0;
-                d = slx / sll;
+                d = fit.slx / fit.sll;
             }
             if !(d > 0.0) {
                 continue;
@@ -237,19 +250,8 @@ fn search_group(t: &[f32], b: &[f32], hb: &[f64], zk: Zeros) -> Candidate {
             push(c, &mut cands);
             if zk.float {
                 // Refit scale and zero together with the codes of (scale, zero) fixed.
-                let (mut sw, mut sl, mut sll, mut sx, mut slx) = (0f64, 0f64, 0f64, 0f64, 0f64);
-                for j in 0..g {
-                    let l = quantize_value_float(t[j], sf, zero.to_f32(), max_q) as f64;
-                    let (w, x) = (a[j], t[j] as f64);
-                    sw += w;
-                    sl += w * l;
-                    sll += w * l * l;
-                    sx += w * x;
-                    slx += w * l * x;
-                }
-                let det = sw * sll - sl * sl;
-                if det > 0.0 {
-                    let (d, m) = ((sw * slx - sl * sx) / det, (sll * sx - sl * slx) / det);
+                let fixed: Vec<f64> = t.iter().map(|&v| quantize_value_float(v, sf, zero.to_f32(), max_q) as f64).collect();
+                if let Some(LineFit { d, m, .. }) = LineFit::of(&a, &fixed, t) {
                     let scale = f16::from_f64(d);
                     let sf = scale.to_f32();
                     if d > 0.0 && sf.is_finite() && sf > 0.0 {
