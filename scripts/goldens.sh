@@ -58,6 +58,8 @@ qwen)
     "awq-g128-ci-float|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --zero-point float --out-format turbomind|0.005|AWQ group 128 with fp16 zero points in the search, the clip and the output (TurboMind workspace)"
     "awq-g128-ci-float-zero|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --zero-point float --zero-search --out-format turbomind|0.005|AWQ group 128, fp16 zero points + the activation-weighted (scale, zero) search (TurboMind workspace)"
     "awq-g128-ci-noclip-float-zero|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --zero-point float --zero-search --out-format turbomind|0.005|awq-g128-ci-noclip-float + the (scale, zero) search (TurboMind workspace)"
+    "awq-g128-ci-noclip-float-zero-seed1|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --zero-point float --zero-search --out-format turbomind --seed 1|0.005|awq-g128-ci-noclip-float-zero with calibration seed 1 (the seed spread)"
+    "awq-g128-ci-noclip-float-zero-seed2|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --zero-point float --zero-search --out-format turbomind --seed 2|0.005|awq-g128-ci-noclip-float-zero with calibration seed 2 (the seed spread)"
     "awq-g128-ci-noclip-float|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --zero-point float --out-format turbomind|0.005|awq-g128-ci-noclip with fp16 zero points (TurboMind workspace)"
   )
   ;;
