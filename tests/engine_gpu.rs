@@ -13,7 +13,7 @@ use awqc::engine::ppl::window_nll;
 use awqc::model::arch::LinearKind;
 use awqc::model::config::{Arch, RopeScaling};
 use awqc::model::synth;
-use awqc::quant::int4::{QuantParams, QuantizedLinear};
+use awqc::quant::int4::{QuantParams, QuantizedLinear, ZeroPoint};
 use awqc::quant::qmodel::{QuantizedLayer, QuantizedModel};
 
 /// Fails the test (with the fix) when wgpu has no adapter.
@@ -26,10 +26,14 @@ fn require_vulkan() {
 /// A small Qwen2-shaped model (q/k/v biases, GQA 4/2, head_dim 32), RTN-quantized in memory
 /// with group 32. Every linear's shape suits the W4A16 kernels (N % 8 == 0, K % 32 == 0).
 fn quantized_model(rope: RopeScaling, max_pos: usize) -> QuantizedModel {
+    quantized_model_with(rope, max_pos, ZeroPoint::Int)
+}
+
+fn quantized_model_with(rope: RopeScaling, max_pos: usize, zero: ZeroPoint) -> QuantizedModel {
     let mut c = synth::config(Arch::Qwen2, 128, 192, 2, 4, 2, 72, false);
     c.rope_scaling = rope;
     c.max_position_embeddings = max_pos;
-    let p = QuantParams::new(4, 32).unwrap();
+    let p = QuantParams::new(4, 32).unwrap().with_zero(zero);
     let layers = (0..c.num_hidden_layers)
         .map(|i| {
             let w = synth::layer(&c, 7, i);
@@ -83,7 +87,15 @@ fn rel_max(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn w4a16_forward_on_wgpu_equals_cpu_dequantized() {
-    let qm = quantized_model(RopeScaling::None, 4096);
+    // Integer zero points, and fp16 ones (`--zero-point float`: the repack fuses (s, -z·s) from
+    // the float zero itself).
+    for zero in [ZeroPoint::Int, ZeroPoint::Float] {
+        w4a16_forward_equals_cpu(quantized_model_with(RopeScaling::None, 4096, zero));
+    }
+}
+
+fn w4a16_forward_equals_cpu(qm: QuantizedModel) {
+    assert_eq!(qm.layers[0].q.float_zeros.is_some(), qm.params.zero == ZeroPoint::Float);
     let (cpu, gpu) = (cpu_model(&qm), gpu_model(&qm));
     // Two sequences in one batch (the kernels pack them along T with their own positions).
     let (b, t) = (2, 24);
