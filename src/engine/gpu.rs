@@ -36,7 +36,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
-use half::f16;
 use std::any::{Any, TypeId};
 use std::sync::Mutex;
 
@@ -182,8 +181,7 @@ pub fn pack_w4(l: &QuantizedLinear) -> Result<Option<W4Host>> {
     let qweight: Vec<u32> = pack_nibbles(&transpose(&l.q, n, k), k, n, &[0, 1, 2, 3, 4, 5, 6, 7]).into_iter().map(|w| w as u32).collect();
     let scales = transpose(&l.scales, n, groups);
     // The kernel fuses (s, -z·s) per group, so float zeros go in as they are.
-    let zeros: Vec<f16> = (0..n * groups).map(|cell| f16::from_f32(l.zero_at(cell))).collect();
-    let zeros = transpose(&zeros, n, groups);
+    let zeros = transpose(&l.zeros_f16(), n, groups);
     w4a16::repack_turbomind(&qweight, &scales, &zeros, k, n, g).map(Some).map_err(kerr)
 }
 

@@ -598,10 +598,7 @@ fn write_linear(dir: &Path, prefix: &str, l: &QuantizedLinear) -> Result<()> {
     let g = l.groups();
     let qweight = awq_gemm::pack_nibbles(&transpose(&l.q, l.n, l.k), l.k, l.n, &NATURAL_ORDER);
     // fp16 zeros as TurboMind stores them: integer values, or the float zeros themselves.
-    let zeros: Vec<f16> = match &l.float_zeros {
-        Some(f) => transpose(f, l.n, g),
-        None => transpose(&l.zeros, l.n, g).iter().map(|&z| f16::from_f32(f32::from(z))).collect(),
-    };
+    let zeros = transpose(&l.zeros_f16(), l.n, g);
     write_raw(dir, &format!("{prefix}.qweight"), &i32_bytes(&qweight))?;
     write_raw(dir, &format!("{prefix}.scales"), &f16_bytes(&transpose(&l.scales, l.n, g)))?;
     write_raw(dir, &format!("{prefix}.zeros"), &f16_bytes(&zeros))?;

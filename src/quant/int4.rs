@@ -195,42 +195,14 @@ impl QuantizedLinear {
     /// `name` is used in errors. Rows are independent, so the result does not depend on the thread
     /// count.
     pub fn quantize(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams) -> Result<Self> {
+        let max_q = p.max_q();
         match p.zero {
-            ZeroPoint::Int => Self::quantize_with(name, w, bias, p, |_, vals| group_params(vals, p.max_q())),
-            ZeroPoint::Float => {
-                // The cells' parameters first (rows are independent; `collect` keeps the order).
-                p.check_divides(name, w.dims2().1)?;
-                let cells: Vec<(f16, f16)> = w.data.par_chunks(p.group).map(|vals| group_params_float(vals, p.max_q())).collect();
-                Self::quantize_float(name, w, bias, p, &cells)
-            }
+            ZeroPoint::Int => Self::quantize_with(name, w, bias, p, |_, vals| {
+                let (s, z) = group_params(vals, max_q);
+                (s, f16::from_f32(z as f32))
+            }),
+            ZeroPoint::Float => Self::quantize_with(name, w, bias, p, |_, vals| group_params_float(vals, max_q)),
         }
-    }
-
-    /// [`ZeroPoint::Float`] with the (scale, fp16 zero) of each (row, group) cell given; `zeros`
-    /// holds the zeros rounded and clamped.
-    fn quantize_float(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams, cells: &[(f16, f16)]) -> Result<Self> {
-        let (n, k) = w.dims2();
-        let groups = k / p.group;
-        let max_q = p.max_q() as f32;
-        let mut l = Self::quantize_with(name, w, bias, p, |cell, _| (cells[cell].0, 0))?;
-        // quantize_with checked the shape, the values and the scales; now the zeros and the codes.
-        if let Some(i) = cells.iter().position(|c| !c.1.is_finite()) {
-            return Err(Error::input(name, format!("zero point of row {}, group {} overflows f16", i / groups, i % groups)));
-        }
-        let g = p.group;
-        l.q.par_chunks_mut(k).enumerate().for_each(|(row, qr)| {
-            let wr = &w.data[row * k..(row + 1) * k];
-            for gi in 0..groups {
-                let (s, z) = (cells[row * groups + gi].0.to_f32(), cells[row * groups + gi].1.to_f32());
-                for (dst, &v) in qr[gi * g..(gi + 1) * g].iter_mut().zip(&wr[gi * g..(gi + 1) * g]) {
-                    *dst = code_float(v, s, z, max_q) as u8;
-                }
-            }
-        });
-        l.zeros = cells.iter().map(|c| round_half_even(c.1.to_f32()).clamp(0.0, max_q) as u8).collect();
-        l.float_zeros = Some(cells.iter().map(|c| c.1).collect());
-        debug_assert_eq!(l.zeros.len(), n * groups);
-        Ok(l)
     }
 
     /// Quantize a `[N, K]` weight with given (scale, zero) per (row, group) (`[N * K/g]`, e.g. from
@@ -241,21 +213,23 @@ impl QuantizedLinear {
         if params.len() != n * (k / p.group) {
             return Err(Error::internal(format!("{name}: {} group parameters for a [{n}, {k}] weight in groups of {}", params.len(), p.group)));
         }
-        match p.zero {
-            ZeroPoint::Float => Self::quantize_float(name, w, bias, p, params),
-            ZeroPoint::Int => {
-                let max_q = p.max_q() as f32;
-                if let Some(i) = params.iter().position(|c| { let z = c.1.to_f32(); z.fract() != 0.0 || !(0.0..=max_q).contains(&z) }) {
-                    return Err(Error::internal(format!("{name}: zero point {} of cell {i} is not an integer in 0..={max_q}", params[i].1)));
-                }
-                Self::quantize_with(name, w, bias, p, |cell, _| (params[cell].0, params[cell].1.to_f32() as u8))
+        if p.zero == ZeroPoint::Int {
+            let max_q = p.max_q() as f32;
+            if let Some(i) = params.iter().position(|c| {
+                let z = c.1.to_f32();
+                z.fract() != 0.0 || !(0.0..=max_q).contains(&z)
+            }) {
+                return Err(Error::internal(format!("{name}: zero point {} of cell {i} is not an integer in 0..={max_q}", params[i].1)));
             }
         }
+        Self::quantize_with(name, w, bias, p, |cell, _| params[cell])
     }
 
     /// The quantizer with the (scale, zero) of (row, group) cell `row·K/g + group` given by
-    /// `params(cell, values)`.
-    fn quantize_with(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams, params: impl Fn(usize, &[f32]) -> (f16, u8) + Sync) -> Result<Self> {
+    /// `params(cell, values)`: an integer zero (held exactly in the f16) for [`ZeroPoint::Int`],
+    /// whose codes are `clamp(round(w / scale) + zero)`; for [`ZeroPoint::Float`] the codes are
+    /// `clamp(round(w / scale + zero))` and `zeros` holds the fp16 zeros rounded and clamped.
+    fn quantize_with(name: &str, w: &HostTensor, bias: Option<Vec<f32>>, p: QuantParams, params: impl Fn(usize, &[f32]) -> (f16, f16) + Sync) -> Result<Self> {
         let (n, k) = w.dims2();
         p.check_divides(name, k)?;
         if let Some(i) = w.data.iter().position(|v| !v.is_finite()) {
@@ -264,11 +238,12 @@ impl QuantizedLinear {
         let g = p.group;
         let groups = k / g;
         let max_q = p.max_q();
+        let float = p.zero == ZeroPoint::Float;
         let mut q = vec![0u8; n * k];
-        let mut zeros = vec![0u8; n * groups];
+        let mut zf = vec![f16::ZERO; n * groups];
         let mut scales = vec![f16::ZERO; n * groups];
         q.par_chunks_mut(k)
-            .zip(zeros.par_chunks_mut(groups))
+            .zip(zf.par_chunks_mut(groups))
             .zip(scales.par_chunks_mut(groups))
             .enumerate()
             .for_each(|(row, ((qr, zr), sr))| {
@@ -278,9 +253,9 @@ impl QuantizedLinear {
                     let (s, z) = params(row * groups + gi, vals);
                     sr[gi] = s;
                     zr[gi] = z;
-                    let sf = s.to_f32();
+                    let (sf, z) = (s.to_f32(), z.to_f32());
                     for (dst, &v) in qr[gi * g..(gi + 1) * g].iter_mut().zip(vals) {
-                        *dst = quantize_value(v, sf, z, max_q);
+                        *dst = if float { quantize_value_float(v, sf, z, max_q) } else { quantize_value(v, sf, z as u8, max_q) };
                     }
                 }
             });
@@ -290,7 +265,11 @@ impl QuantizedLinear {
                 format!("group scale overflows f16 at row {}, group {} (weights too large for f16)", i / groups, i % groups),
             ));
         }
-        Ok(QuantizedLinear { n, k, params: p, q, zeros, scales, bias, float_zeros: None })
+        if let Some(i) = zf.iter().position(|z| !z.is_finite()) {
+            return Err(Error::input(name, format!("zero point overflows f16 at row {}, group {}", i / groups, i % groups)));
+        }
+        let zeros = zf.iter().map(|z| round_half_even(z.to_f32()).clamp(0.0, max_q as f32) as u8).collect();
+        Ok(QuantizedLinear { n, k, params: p, q, zeros, scales, bias, float_zeros: float.then_some(zf) })
     }
 
     pub fn groups(&self) -> usize {
@@ -306,26 +285,22 @@ impl QuantizedLinear {
         }
     }
 
+    /// `[N, K/g]` zero points as fp16 (integers exactly, or the float zeros), the form the
+    /// TurboMind files and the W4A16 repack take before transposing.
+    pub fn zeros_f16(&self) -> Vec<f16> {
+        (0..self.zeros.len()).map(|cell| f16::from_f32(self.zero_at(cell))).collect()
+    }
+
     /// `[N, K]` dequantized weight: `(q - zero) * scale`.
     pub fn dequantize(&self) -> HostTensor {
         let (k, g, groups) = (self.k, self.params.group, self.groups());
         let mut out = vec![0f32; self.n * k];
         out.par_chunks_mut(k).enumerate().for_each(|(row, o)| {
             for gi in 0..groups {
-                let s = self.scales[row * groups + gi];
-                match &self.float_zeros {
-                    None => {
-                        let z = self.zeros[row * groups + gi];
-                        for c in gi * g..(gi + 1) * g {
-                            o[c] = dequantize_value(self.q[row * k + c], s, z);
-                        }
-                    }
-                    Some(f) => {
-                        let (s, z) = (s.to_f32(), f[row * groups + gi].to_f32());
-                        for c in gi * g..(gi + 1) * g {
-                            o[c] = (self.q[row * k + c] as f32 - z) * s;
-                        }
-                    }
+                // (q - z)·s in f32, as `dequantize_value` computes it for an integer zero.
+                let (s, z) = (self.scales[row * groups + gi].to_f32(), self.zero_at(row * groups + gi));
+                for c in gi * g..(gi + 1) * g {
+                    o[c] = (self.q[row * k + c] as f32 - z) * s;
                 }
             }
         });

@@ -245,7 +245,7 @@ pub fn concat_rows(parts: &[&QuantizedLinear]) -> Result<QuantizedLinear> {
         out.zeros.extend_from_slice(&p.zeros);
         out.scales.extend_from_slice(&p.scales);
         if let Some(dst) = out.float_zeros.as_mut() {
-            dst.extend((0..p.zeros.len()).map(|cell| half::f16::from_f32(p.zero_at(cell))));
+            dst.extend(p.zeros_f16());
         }
         if let (Some(dst), Some(src)) = (out.bias.as_mut(), p.bias.as_ref()) {
             dst.extend_from_slice(src);
