@@ -4,7 +4,11 @@
 #
 #   scripts/goldens.sh [AWQC] [NAME...]                     goldens/smollm2-135m.json
 #   GOLDENS_MODEL=qwen scripts/goldens.sh [AWQC] [NAME...]  goldens/qwen2.5-coder-0.5b.json
+#   GOLDENS_PROTOCOL=full scripts/goldens.sh [AWQC] [NAME...]  goldens/smollm2-135m-full.json
 #
+# GOLDENS_PROTOCOL (ci, the default, or full: every 2048-token window of wikitext2, about 5 minutes
+# per SmolLM2 evaluation) picks the `awqc eval --protocol`; full-protocol values go to a file of
+# their own (goldens/<model>-full.json), so CI's ci-protocol goldens stay as they are.
 # Default: every entry; AWQC defaults to target/release/awqc. Needs `make fixtures` (and `make
 # fixtures-qwen` for qwen). Prints one `name ppl` line per entry and merges the measured values
 # into the goldens file (tolerances and notes below); each quantization's JSON report is kept
@@ -30,6 +34,7 @@ smollm2)
     "rtn-g64|--w-group-size 64 --calib-samples 0|0.001|round-to-nearest INT4, group 64"
     "rtn-g32|--w-group-size 32 --calib-samples 0|0.001|round-to-nearest INT4, group 32"
     "awq-g64-ci|--w-group-size 64 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512|0.005|AWQ with a calibration set small enough for CI (4 x 512 c4 tokens); tests/smollm2_e2e.rs checks it"
+    "awq-g64-ci-zero|--w-group-size 64 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --zero-search|0.005|AWQ + activation-weighted (scale, zero) search, CI-sized calibration (4 x 512 c4 tokens)"
     "awq-g32-ci|--w-group-size 32 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512|0.005|AWQ group 32, CI-sized calibration (4 x 512 c4 tokens)"
     "awq-g64-c128|--w-group-size 64 --calib-dataset c4 --calib-samples 128 --calib-seqlen 512|0.005|issue 3 acceptance configuration (128 x 512 c4 tokens); too slow for CI"
     "awq-g32-c128|--w-group-size 32 --calib-dataset c4 --calib-samples 128 --calib-seqlen 512|0.005|issue 3 acceptance configuration (128 x 512 c4 tokens); too slow for CI"
@@ -65,18 +70,26 @@ qwen)
   ;;
 *) echo "goldens.sh: GOLDENS_MODEL must be smollm2 or qwen, not '$GOLDENS_MODEL'" >&2; exit 2 ;;
 esac
+proto=${GOLDENS_PROTOCOL:-ci}
+case "$proto" in
+ci) ;;
+full) file=${file%.json}-full.json; reports=$reports-full ;;
+*) echo "goldens.sh: GOLDENS_PROTOCOL must be ci or full, not '$proto'" >&2; exit 2 ;;
+esac
 test -f "$model/config.json" || { echo "goldens.sh: $model/config.json missing (make fixtures / make fixtures-qwen)" >&2; exit 2; }
 # Merge the measured entries into the goldens file (atomically; after each entry, so an
 # interrupted run keeps what it measured).
 merge() {
-python3 - "$file" "$results" "$title" <<'PY'
+python3 - "$file" "$results" "$title" "$work/eval.json" <<'PY'
 import json, sys, os
-path, results, title = sys.argv[1], sys.argv[2], sys.argv[3]
-doc = {"model": title,
-       "protocol": {"dataset": "wikitext2", "seqlen": 512, "windows": 32},
-       "entries": {}}
+path, results, title, last_eval = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+# The protocol as the evaluation reports it (dataset, seqlen, windows), what `eval --check` compares.
+doc = {"model": title, "protocol": json.load(open(last_eval))["protocol"], "entries": {}}
 if os.path.exists(path):
-    doc = json.load(open(path))
+    old = json.load(open(path))
+    if old["protocol"] != doc["protocol"]:
+        sys.exit(f"goldens.sh: {path} holds protocol {old['protocol']}, this run measured {doc['protocol']}")
+    doc = old
 for line in open(results):
     name, ppl, tol, cmd, note = line.rstrip("\n").split("\t")
     doc["entries"][name] = {"ppl": round(float(ppl), 4), "rel_tol": float(tol), "command": cmd, "note": note}
@@ -97,14 +110,15 @@ for c in "${configs[@]}"; do
   if [ ${#want[@]} -gt 0 ] && [[ ! " ${want[*]} " == *" $name "* ]]; then continue; fi
   if [ -z "$flags" ]; then
     m=$model
-    cmd="awqc eval --model $model --protocol ci"
+    cmd="awqc eval --model $model --protocol $proto"
   else
     m="$work/$name"
     # shellcheck disable=SC2086
     "$awqc" --quiet quantize --model "$model" --out "$m" $flags >&2
-    cmd="awqc quantize --model $model --out OUT $flags && awqc eval --model OUT --protocol ci"
+    cmd="awqc quantize --model $model --out OUT $flags && awqc eval --model OUT --protocol $proto"
   fi
-  ppl=$("$awqc" --json eval --model "$m" --protocol ci | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
+  "$awqc" --json eval --model "$m" --protocol "$proto" >"$work/eval.json"
+  ppl=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ppl"])' "$work/eval.json")
   if [ -n "$flags" ]; then
     # Keep the quantization report (per-layer α, losses, timings) for BENCHMARKS.md.
     mkdir -p "$reports" && cp "$m.report.json" "$reports/$name.report.json"
