@@ -8,7 +8,7 @@ SMOL    := fixtures/smollm2-hf
 QWEN_GGUF := fixtures/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 QWEN    := fixtures/qwen2.5-coder-0.5b-hf
 
-.PHONY: all build fixtures fixtures-qwen calib-data demo test bench bench-engine bench-serve llama-cpp awq-ci bench-13b goldens goldens-qwen fuzz fuzz-check turbomind-qwen test-tools gpu-bundle gpu-check-local clean
+.PHONY: all build fixtures fixtures-qwen calib-data demo test bench bench-engine bench-serve llama-cpp awq-ci bench-13b goldens goldens-qwen fuzz fuzz-check turbomind-qwen test-tools gpu-bundle gpu-check-local peer-load clean
 
 all: build
 
@@ -51,6 +51,11 @@ AWQ_CI := out/smollm2-awq-g64
 awq-ci: fixtures
 	@test -f $(AWQ_CI)/model.safetensors || $(AWQC) --quiet quantize --model $(SMOL) --out $(AWQ_CI) --w-group-size 64 \
 	  --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --force
+
+# A peer loads awqc's AutoAWQ-GEMM output: AutoAWQ 0.2.9 (IPEX on the CPU) scores the AWQ +
+# --zero-search SmolLM2 g64 checkpoint on the text awqc eval scores (venv out/venv-peers, ~5.6 GB).
+peer-load: fixtures
+	./scripts/peer-load.sh
 
 # llama.cpp built from the sources vendored in the llama_cpp_python sdist (PyPI, sha256-pinned), with
 # f32 / Q4_0 / Q4_K_M GGUFs of the same SmolLM2 weights (about 10 min and 6 GB under out/llama.cpp).
