@@ -53,7 +53,7 @@ awq-ci: fixtures
 	  --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --force
 
 # A peer loads awqc's AutoAWQ-GEMM output: AutoAWQ 0.2.9 (IPEX on the CPU) scores the AWQ +
-# --zero-search SmolLM2 g64 checkpoint on the text awqc eval scores (venv out/venv-peers, ~5.6 GB).
+# --zero-search SmolLM2 g64 checkpoint on the text awqc eval scores (venv out/venv-peers, ~6 GB).
 peer-load: fixtures
 	./scripts/peer-load.sh
 

@@ -15,7 +15,7 @@
 #   env: PEERS_VENV (default out/venv-peers; created when missing with torch 2.7.1, transformers
 #        4.55.4, accelerate 1.10.1, datasets 2.21.0 (pyarrow 17, pandas 2.2.3),
 #        intel-extension-for-pytorch 2.7.0 from PyPI and autoawq 0.2.9 without its dependencies:
-#        about 5.6 GB, as torch from PyPI brings its CUDA libraries; about 3 min on 2 cores)
+#        about 6 GB, as torch from PyPI brings its CUDA libraries; about 3 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AWQC=$PWD/target/release/awqc
