@@ -163,6 +163,7 @@ fn options(mode: Mode, clip: bool, batch_size: usize) -> QuantizeOptions {
         n_grid: 20,
         gptq: None,
         zero_search: false,
+        quantized_inputs: false,
         spill: Default::default(),
     }
 }
@@ -395,6 +396,33 @@ fn zero_search_only_lowers_the_calibration_loss_composes_with_gptq_and_is_determ
     assert!(rep_g.layers.iter().all(|l| l.gptq.len() == 7 && l.zero_search.len() == 7));
     let resumed = same_model_across_threads_spill_and_resume("the searched parameters", "zs", &zs, |spill, resume| go(None, spill, resume));
     assert_eq!(resumed.layers[0].zero_search.len(), 7);
+}
+
+#[test]
+fn quantized_inputs_calibrate_each_layer_on_the_quantized_stream() {
+    // --quantized-inputs: layer 0 sees the embeddings either way; layer 1 is calibrated on the
+    // output of layer 0 *as quantized*. Independent check: the default (full-precision stream)
+    // pipeline run on a model whose layer 0 is that quantized layer, dequantized, feeds layer 1
+    // exactly that stream, so it must give the same layer 1. Deterministic, spill- and
+    // resume-proof like the other options.
+    let c = synth::config(Arch::Llama, 128, 256, 2, 4, 2, 64, true);
+    let src = MemSource { globals: synth::globals(&c, 13), layers: (0..2).map(|i| synth::layer(&c, 13, i)).collect(), config: c.clone() };
+    let mut r = SplitMix(37);
+    let blocks: Vec<Vec<u32>> = (0..4).map(|_| (0..32).map(|_| (r.next_u64() % 64) as u32).collect()).collect();
+    let go = |src: &MemSource, quantized_inputs: bool, spill: SpillPolicy, resume: Option<(&JobState, usize)>| {
+        let opts = QuantizeOptions { quantized_inputs, spill, ..options(Mode::Awq, true, 2) };
+        let mut sink = CollectSink::default();
+        let rep = quantize::<B>(src, &blocks, &opts, &mut sink, &Default::default(), resume, |_| {}).unwrap();
+        (sink.model.unwrap(), rep)
+    };
+    let (fp_stream, _) = go(&src, false, SpillPolicy::in_memory(), None);
+    let (qi, _) = go(&src, true, SpillPolicy::in_memory(), None);
+    assert!(qi.layers[0] == fp_stream.layers[0], "layer 0 must not depend on --quantized-inputs");
+    assert!(qi.layers[1] != fp_stream.layers[1], "layer 1 came out the same on the quantized stream");
+    let src_q0 = MemSource { globals: src.globals.clone(), layers: vec![qi.dequantized_layer(0), src.layers[1].clone()], config: c.clone() };
+    let (via_fp, _) = go(&src_q0, false, SpillPolicy::in_memory(), None);
+    assert!(via_fp.layers[1] == qi.layers[1], "layer 1 differs from the full-precision pipeline fed the quantized layer 0");
+    same_model_across_threads_spill_and_resume("the quantized-input model", "qi", &qi, |spill, resume| go(&src, true, spill, resume));
 }
 
 #[test]

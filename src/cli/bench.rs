@@ -213,6 +213,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             // Both refinements, so that each method's own step is timed in one job.
             gptq: Some(0.01),
             zero_search: true,
+            quantized_inputs: false,
             spill: Default::default(),
         };
         let out = std::env::temp_dir().join(format!("awqc-bench-{}", std::process::id()));

@@ -64,6 +64,10 @@ pub struct Args {
     /// format, kept per linear only where it lowers the calibration loss.
     #[arg(long)]
     pub zero_search: bool,
+    /// Calibrate each layer on the outputs of the layers before it as quantized (GPTQ's order)
+    /// instead of the full-precision model's (AutoAWQ's and lmdeploy's default).
+    #[arg(long)]
+    pub quantized_inputs: bool,
     /// Replace existing outputs (and discard a resume state that belongs to another job).
     #[arg(long)]
     pub force: bool,
@@ -142,6 +146,7 @@ fn options(a: &Args) -> Result<QuantizeOptions> {
         n_grid: 20,
         gptq: gptq_damp(a)?,
         zero_search: zero_search(a)?,
+        quantized_inputs: quantized_inputs(a)?,
         spill: Default::default(),
     })
 }
@@ -169,6 +174,13 @@ fn zero_search(a: &Args) -> Result<bool> {
         return Err(Error::usage("--zero-search needs calibration data (--calib-samples is 0)"));
     }
     Ok(a.zero_search)
+}
+
+fn quantized_inputs(a: &Args) -> Result<bool> {
+    if a.quantized_inputs && a.calib.calib_samples == 0 {
+        return Err(Error::usage("--quantized-inputs needs calibration data (--calib-samples is 0)"));
+    }
+    Ok(a.quantized_inputs)
 }
 
 fn run_on<B: Backend>(
@@ -420,6 +432,7 @@ fn rtn_ppl<B: Backend>(dev: B::Device, src: &HfSource, bits: u32, group: usize, 
         n_grid: 20,
         gptq: None,
         zero_search: false,
+        quantized_inputs: false,
         spill: Default::default(),
     };
     let mut sink = crate::quant::qmodel::CollectSink::default();

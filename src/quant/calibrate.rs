@@ -99,7 +99,8 @@ pub fn map_chunks<B: Backend, T: Send>(
     Ok(())
 }
 
-/// The residual stream of the calibration set moving through the full-precision model.
+/// The residual stream of the calibration set moving through the full-precision model (or, with
+/// `--quantized-inputs`, through the layers already quantized: [`FpChain::rerun_output`]).
 pub struct FpChain<B: Backend> {
     /// Hidden states entering the next layer, chunks of `[chunk_seqs, seqlen, H]`.
     pub x: Chunks<B>,
@@ -165,6 +166,20 @@ impl<B: Backend> FpChain<B> {
         let mut next = self.x.like();
         map_chunks(&self.x, |x| layer.forward(x, rope, mask), |_, o| next.push(o))?;
         self.prev = Some(std::mem::replace(&mut self.x, next));
+        Ok(())
+    }
+
+    /// Replace the output of the layer last stepped by the output of `w` (e.g. its quantized
+    /// weights, dequantized) on the same inputs: the following layers then calibrate on what the
+    /// quantized model feeds them (`--quantized-inputs`). Call after the layer's output checks,
+    /// which compare against the full-precision output.
+    pub fn rerun_output(&mut self, w: &LayerWeights) -> Result<()> {
+        let prev = self.prev.as_ref().ok_or_else(|| Error::internal("rerun_output before any layer was stepped"))?;
+        let layer = DecoderLayer::from_host(w, &self.config, &self.device);
+        let (rope, mask) = (&self.rope, &self.mask);
+        let mut next = self.x.like();
+        map_chunks(prev, |x| layer.forward(x, rope, mask), |_, o| next.push(o))?;
+        self.x = next;
         Ok(())
     }
 

@@ -121,6 +121,12 @@ pub struct QuantizeOptions {
     pub gptq: Option<f64>,
     /// Search each group's (scale, zero) against its calibration output error (`--zero-search`).
     pub zero_search: bool,
+    /// Calibrate each layer on the outputs of the layers before it *as quantized* (GPTQ's order)
+    /// instead of the full-precision model's (AutoAWQ's and lmdeploy's): the search then sees the
+    /// inputs the layer will get when the checkpoint runs (`--quantized-inputs`). Left out of the
+    /// serialized options when off, so the fingerprints of existing jobs stay as they were.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub quantized_inputs: bool,
     /// Where the calibration activations live (`--max-memory`); never changes the output.
     #[serde(skip)]
     pub spill: SpillPolicy,
@@ -628,6 +634,12 @@ pub fn quantize<B: Backend>(
                 lr.warnings.push(format!("layer {i}: the quantized layer's output error {e:.3e} exceeds round-to-nearest's {e_rtn:.3e} on the calibration inputs"));
             }
             rep.timings.check += t0.elapsed().as_secs_f64();
+        }
+        // 7. with --quantized-inputs, the next layer's inputs are this layer's quantized output.
+        if let (Some(chain), true) = (chain.as_mut(), opts.quantized_inputs) {
+            let t0 = Instant::now();
+            chain.rerun_output(&ql.dequantized())?;
+            rep.timings.calibration += t0.elapsed().as_secs_f64();
         }
         let t0 = Instant::now();
         sink.write_layer(i, &ql)?;
