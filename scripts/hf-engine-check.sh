@@ -10,27 +10,25 @@
 # Prints one line per setting; exits 1 if awqc and HF disagree by more than 0.5% relative on any
 # compared perplexity (they differ only in float summation order, which moves a few quantization
 # boundaries).
-# Env: LMDEPLOY_VENV (default /work/lmdeploy-venv; any venv with torch and transformers 4.55 will do,
-# created with them if missing), MODEL (default fixtures/smollm2-hf).
+# Env: PEERS_VENV (default out/venv-peers, shared with scripts/peer-load.sh; created when missing,
+# see peers_venv in scripts/window-ppl.sh; any venv with torch and transformers 4.55 will do),
+# MODEL (default fixtures/smollm2-hf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AWQC=$PWD/target/release/awqc
-VENV=${LMDEPLOY_VENV:-/work/lmdeploy-venv}
+VENV=${PEERS_VENV:-out/venv-peers}
 MODEL=${MODEL:-$PWD/fixtures/smollm2-hf}
 [ -x "$AWQC" ] || { echo "missing $AWQC (cargo build --release)" >&2; exit 2; }
 [ -f "$MODEL/config.json" ] || { echo "missing $MODEL (make fixtures)" >&2; exit 2; }
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu torch==2.7.1
-  "$VENV/bin/pip" install -q transformers==4.55.4
-fi
+. scripts/window-ppl.sh
+[ -x "$VENV/bin/python" ] || peers_venv "$VENV"
 DIR=$PWD/out/hf-engine-check
-mkdir -p "$DIR"
 # 32 windows of 512 tokens (the "ci" window shape) from the start of the bundled Wikipedia text.
-head -c 300000 fixtures/text/wiki.utf8 > "$DIR/text.txt"
+window_text "$DIR"
 
 cat > "$DIR/hf_engine.py" <<'PY'
-import sys, math, torch, transformers
+import sys, torch, transformers
+import window_ppl
 from transformers.models.llama import modeling_llama as ml
 torch.set_num_threads(2)
 # which: kv | k | v (what is quantized when bits > 0); max_pos 0 = the config's; rope: none | dynamic:F
@@ -69,22 +67,12 @@ if 'v' in which:
         return fq(out.view(b, s, w // hd, hd)).view(b, s, w)
     for layer in m.model.layers:
         layer.self_attn.v_proj.register_forward_hook(v_hook)
-ids = tok(open(text_path, encoding='utf-8').read(), return_tensors='pt').input_ids[0]
-wins = ids[: seqlen * nwin].view(nwin, seqlen)
-nll = 0.0
-with torch.no_grad():
-    for i in range(0, nwin, 8):
-        x = wins[i:i + 8]
-        logits = m(x).logits.float()
-        nll += torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction='sum').item()
-print(f"{math.exp(nll / (nwin * (seqlen - 1))):.4f}")
+print(f"{window_ppl.perplexity(m, window_ppl.windows(tok, text_path, seqlen, nwin), 8):.4f}")
 PY
 
 # hf BITS WHICH MAX_POS ROPE; aw AWQC-EVAL-FLAGS...
 hf() { "$VENV/bin/python" "$DIR/hf_engine.py" "$MODEL" "$DIR/text.txt" "$@" 2>/dev/null | tail -1; }
-aw() { "$AWQC" eval --model "$MODEL" --raw-text "$DIR/text.txt" --seqlen 512 --windows 32 --json "$@" 2>/dev/null \
-  | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["ppl"])'; }
+aw() { awqc_ppl "$DIR" "$MODEL" "$@"; }
 
 fail=0
 row() {  # label awqc-ppl hf-ppl

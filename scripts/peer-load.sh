@@ -10,12 +10,11 @@
 # model AutoAWQ silently left unquantized cannot pass).
 #
 #   scripts/peer-load.sh [CHECKPOINT [FP_MODEL]]
-#       defaults: out/smollm2-awq-g64-zero (made when missing: AWQ + --zero-search, group 64,
-#       4 x 512 c4 tokens, goldens entry awq-g64-ci-zero) and fixtures/smollm2-hf
-#   env: PEERS_VENV (default out/venv-peers; created when missing with torch 2.7.1, transformers
-#        4.55.4, accelerate 1.10.1, datasets 2.21.0 (pyarrow 17, pandas 2.2.3),
-#        intel-extension-for-pytorch 2.7.0 from PyPI and autoawq 0.2.9 without its dependencies:
-#        about 6 GB, as torch from PyPI brings its CUDA libraries; about 3 min on 2 cores)
+#       defaults: out/smollm2-awq-g64-zero (made when missing with the quantize flags of
+#       scripts/goldens.sh's entry awq-g64-ci-zero: AWQ + --zero-search, group 64, 4 x 512 c4 tokens) and
+#       fixtures/smollm2-hf
+#   env: PEERS_VENV (default out/venv-peers; created when missing, see peers_venv in
+#        scripts/window-ppl.sh: torch, transformers, IPEX and autoawq from PyPI, about 6 GB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AWQC=$PWD/target/release/awqc
@@ -25,24 +24,21 @@ VENV=${PEERS_VENV:-out/venv-peers}
 DIR=out/peer-load
 [ -x "$AWQC" ] || { echo "peer-load.sh: missing $AWQC (cargo build --release)" >&2; exit 2; }
 [ -f "$FP/config.json" ] || { echo "peer-load.sh: missing $FP (make fixtures)" >&2; exit 2; }
+. scripts/window-ppl.sh
 if [ ! -f "$CKPT/model.safetensors" ]; then
   [ "$CKPT" = out/smollm2-awq-g64-zero ] || { echo "peer-load.sh: no $CKPT/model.safetensors" >&2; exit 2; }
-  "$AWQC" --quiet quantize --model "$FP" --out "$CKPT" --w-group-size 64 --calib-dataset c4 \
-    --calib-samples 4 --calib-seqlen 512 --zero-search --force
+  # The quantize flags of goldens.sh's entry (one definition of the job).
+  args=$(sed -n 's/^ *"awq-g64-ci-zero|\([^|]*\)|.*/\1/p' scripts/goldens.sh)
+  [ -n "$args" ] || { echo "peer-load.sh: no entry awq-g64-ci-zero in scripts/goldens.sh" >&2; exit 2; }
+  # shellcheck disable=SC2086
+  "$AWQC" --quiet quantize --model "$FP" $args --out "$CKPT" --force
 fi
-if [ ! -f "$VENV/.peers-ok" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.7.1 transformers==4.55.4 accelerate==1.10.1 "numpy<2" datasets==2.21.0 pyarrow==17.0.0 pandas==2.2.3 zstandard==0.23.0 \
-    intel-extension-for-pytorch==2.7.0
-  # autoawq 0.2.9 pins an older torch and wants triton; its CPU (IPEX) path needs neither.
-  "$VENV/bin/pip" install -q --no-deps autoawq==0.2.9
-  touch "$VENV/.peers-ok"
-fi
-mkdir -p "$DIR"
-head -c 300000 fixtures/text/wiki.utf8 > "$DIR/text.txt"
+peers_venv "$VENV"
+window_text "$DIR"
 
 cat > "$DIR/autoawq_ppl.py" <<'PY'
-import sys, math, warnings, torch
+import sys, warnings, torch
+import window_ppl
 from awq import AutoAWQForCausalLM
 from awq.modules.linear.gemm import WQLinear_GEMM
 from transformers import AutoTokenizer
@@ -56,22 +52,11 @@ qs = [type(x).__name__ for x in m.model.modules() if isinstance(x, WQLinear_GEMM
 n_q = len(qs)
 print(f"AutoAWQ loaded {n_q} quantized linears: {sorted(set(qs))}", file=sys.stderr)
 assert n_q > 0, "no quantized linear layers were loaded"
-ids = tok(open(text_path, encoding="utf-8").read(), return_tensors="pt").input_ids[0]
-wins = ids[: seqlen * nwin].view(nwin, seqlen)
-nll = 0.0
-with torch.no_grad():
-    for i in range(0, nwin, 4):
-        x = wins[i:i + 4]
-        logits = m.model(x).logits.float()
-        nll += torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
-print(f"{math.exp(nll / (nwin * (seqlen - 1))):.4f}")
+print(f"{window_ppl.perplexity(m.model, window_ppl.windows(tok, text_path, seqlen, nwin), 4):.4f}")
 PY
 
-aw() { "$AWQC" eval --model "$1" --raw-text "$DIR/text.txt" --seqlen 512 --windows 32 --json 2>/dev/null \
-  | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["ppl"])'; }
-fp=$(aw "$FP")
-ours=$(aw "$CKPT")
+fp=$(awqc_ppl "$DIR" "$FP")
+ours=$(awqc_ppl "$DIR" "$CKPT")
 peer=$("$VENV/bin/python" "$DIR/autoawq_ppl.py" "$CKPT" "$DIR/text.txt" | tail -1)
 [ -n "$fp" ] && [ -n "$ours" ] && [ -n "$peer" ] || { echo "peer-load.sh: a run failed (fp '$fp', awqc '$ours', AutoAWQ '$peer')" >&2; exit 1; }
 printf '%-44s %10s\n' "fp model, awqc eval" "$fp" "$CKPT, awqc eval (f32)" "$ours" "$CKPT, AutoAWQ 0.2.9 + IPEX (fp16)" "$peer"
