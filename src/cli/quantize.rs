@@ -145,8 +145,8 @@ fn options(a: &Args) -> Result<QuantizeOptions> {
         batch_size: a.calib.batch_size,
         n_grid: 20,
         gptq: gptq_damp(a)?,
-        zero_search: zero_search(a)?,
-        quantized_inputs: quantized_inputs(a)?,
+        zero_search: needs_calibration(a, a.zero_search, "--zero-search")?,
+        quantized_inputs: needs_calibration(a, a.quantized_inputs, "--quantized-inputs")?,
         spill: Default::default(),
     })
 }
@@ -161,26 +161,18 @@ fn gptq_damp(a: &Args) -> Result<Option<f64>> {
             if !(d > 0.0 && d <= 1.0) {
                 return Err(Error::usage(format!("--gptq-damp {d}: must be in (0, 1] (a fraction of the Hessian's mean diagonal; GPTQ uses 0.01)")));
             }
-            if a.calib.calib_samples == 0 {
-                return Err(Error::usage("--gptq needs calibration data (--calib-samples is 0)"));
-            }
+            needs_calibration(a, true, "--gptq")?;
             Ok(Some(d))
         }
     }
 }
 
-fn zero_search(a: &Args) -> Result<bool> {
-    if a.zero_search && a.calib.calib_samples == 0 {
-        return Err(Error::usage("--zero-search needs calibration data (--calib-samples is 0)"));
+/// A flag that works on calibration inputs (`flag` names it): refused with `--calib-samples 0`.
+fn needs_calibration(a: &Args, on: bool, flag: &str) -> Result<bool> {
+    if on && a.calib.calib_samples == 0 {
+        return Err(Error::usage(format!("{flag} needs calibration data (--calib-samples is 0)")));
     }
-    Ok(a.zero_search)
-}
-
-fn quantized_inputs(a: &Args) -> Result<bool> {
-    if a.quantized_inputs && a.calib.calib_samples == 0 {
-        return Err(Error::usage("--quantized-inputs needs calibration data (--calib-samples is 0)"));
-    }
-    Ok(a.quantized_inputs)
+    Ok(on)
 }
 
 fn run_on<B: Backend>(

@@ -161,12 +161,18 @@ impl<B: Backend> FpChain<B> {
     /// layer that an earlier run already finished).
     pub fn advance(&mut self, w: &LayerWeights) -> Result<()> {
         self.prev = None;
+        let next = self.forward(&self.x, w)?;
+        self.prev = Some(std::mem::replace(&mut self.x, next));
+        Ok(())
+    }
+
+    /// Layer `w`'s output on the hidden states `input` (chunk by chunk).
+    fn forward(&self, input: &Chunks<B>, w: &LayerWeights) -> Result<Chunks<B>> {
         let layer = DecoderLayer::from_host(w, &self.config, &self.device);
         let (rope, mask) = (&self.rope, &self.mask);
         let mut next = self.x.like();
-        map_chunks(&self.x, |x| layer.forward(x, rope, mask), |_, o| next.push(o))?;
-        self.prev = Some(std::mem::replace(&mut self.x, next));
-        Ok(())
+        map_chunks(input, |x| layer.forward(x, rope, mask), |_, o| next.push(o))?;
+        Ok(next)
     }
 
     /// Replace the output of the layer last stepped by the output of `w` (e.g. its quantized
@@ -175,11 +181,7 @@ impl<B: Backend> FpChain<B> {
     /// which compare against the full-precision output.
     pub fn rerun_output(&mut self, w: &LayerWeights) -> Result<()> {
         let prev = self.prev.as_ref().ok_or_else(|| Error::internal("rerun_output before any layer was stepped"))?;
-        let layer = DecoderLayer::from_host(w, &self.config, &self.device);
-        let (rope, mask) = (&self.rope, &self.mask);
-        let mut next = self.x.like();
-        map_chunks(prev, |x| layer.forward(x, rope, mask), |_, o| next.push(o))?;
-        self.x = next;
+        self.x = self.forward(prev, w)?;
         Ok(())
     }
 
