@@ -9,7 +9,8 @@
 #    (its base for a 512-token forward equals TurboMind's per-prompt base).
 # Prints one line per setting; exits 1 if awqc and HF disagree by more than 0.5% relative on any
 # compared perplexity (they differ only in float summation order, which moves a few quantization
-# boundaries).
+# boundaries; int4 K amplifies it: HF's int4 value moved 0.11% between an AVX2 and an AVX-512
+# machine). The HF side computes RoPE angles in f64, like awqc (see rotary_f64 below).
 # Env: PEERS_VENV (default out/venv-peers, shared with scripts/peer-load.sh; created when missing,
 # see peers_venv in scripts/window-ppl.sh; any venv with torch and transformers 4.55 will do),
 # MODEL (default fixtures/smollm2-hf).
@@ -45,6 +46,21 @@ def fq(x):
     s, z = ((hi - lo) / maxq).half().float(), lo.half().float()
     inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
     return torch.round((x - z) * inv).clamp(0, maxq) * s + z   # torch.round: half to even
+
+# RoPE angles in f64, as awqc's tables are (engine/rope.rs), for the default rope type. HF's own
+# f32 angles (position x f32 inv_freq) alone move the int4-KV perplexity by 0.3% (measured on
+# SmolLM2: 16.7600 with them, 16.8102 with f64 angles; fp KV 15.3450 either way): int4 K rounding
+# amplifies angle errors of ~1e-5 rad, so without this the rows would compare RoPE precision, not
+# the KV quantizer. The NTK rows keep HF's own implementation (that is what they check).
+def rotary_f64(self, x, position_ids):
+    assert self.rope_type == 'default', f"f64 RoPE tables implemented for the default rope type, not {self.rope_type}"
+    half = self.inv_freq.shape[0]
+    inv = 1.0 / (self.config.rope_theta ** (torch.arange(0, 2 * half, 2, dtype=torch.float64) / (2 * half)))
+    freqs = (inv[None, :, None] @ position_ids[:, None, :].double()).transpose(1, 2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+if rope_flag == 'none':
+    ml.LlamaRotaryEmbedding.forward = rotary_f64
 
 rope = ml.apply_rotary_pos_emb
 def rope_then_quant(q, k, *a, **kw):
