@@ -142,7 +142,7 @@ impl<B: Backend> FpChain<B> {
     /// Mean squared difference, per hidden value, between the full-precision output of the layer
     /// last stepped and the output of each layer in `layers` (full-precision weights, e.g.
     /// dequantized) on the same inputs.
-    pub fn output_errors(&self, layers: &[LayerWeights]) -> Result<Vec<f64>> {
+    pub fn output_errors(&self, layers: &[&LayerWeights]) -> Result<Vec<f64>> {
         let prev = self.prev.as_ref().ok_or_else(|| Error::internal("output check before any layer was stepped"))?;
         let blocks: Vec<DecoderLayer<B>> = layers.iter().map(|w| DecoderLayer::from_host(w, &self.config, &self.device)).collect();
         let mut sums = vec![0f64; layers.len()];

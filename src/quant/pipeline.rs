@@ -581,7 +581,8 @@ pub fn quantize<B: Backend>(
                 // Each linear's clipping lowers its own calibration loss, but not always the
                 // layer's output: on Qwen2.5's layer 2, where the massive activations are made,
                 // the clipped up projection's error is amplified by the gate of the few sink tokens.
-                let errs = chain.output_errors(&[quantize_layer(&c, i, &w, p)?.dequantized(), quantize_layer(&c, i, &before_clip, p)?.dequantized()])?;
+                let (clipped, unclipped) = (quantize_layer(&c, i, &w, p)?.dequantized(), quantize_layer(&c, i, &before_clip, p)?.dequantized());
+                let errs = chain.output_errors(&[&clipped, &unclipped])?;
                 lr.clip_check = Some([errs[0], errs[1]]);
                 if errs[0] >= errs[1] {
                     w = before_clip;
@@ -624,9 +625,11 @@ pub fn quantize<B: Backend>(
         drop(w);
         // 6. the layer's output error against round-to-nearest of its original weights (the
         //    peers' silent failure: a "calibrated" layer worse than plain rounding).
-        if let (Some(chain), Some(rtn)) = (chain.as_ref(), rtn) {
+        //    The dequantized layer serves this check and step 7.
+        let deq = chain.is_some().then(|| ql.dequantized());
+        if let (Some(chain), Some(rtn), Some(deq)) = (chain.as_ref(), rtn, deq.as_ref()) {
             let t0 = Instant::now();
-            let errs = chain.output_errors(&[ql.dequantized(), rtn.dequantized()])?;
+            let errs = chain.output_errors(&[deq, &rtn.dequantized()])?;
             let (e, e_rtn) = (errs[0], errs[1]);
             (lr.output_mse, lr.rtn_output_mse) = (Some(e), Some(e_rtn));
             if e > e_rtn {
@@ -636,9 +639,9 @@ pub fn quantize<B: Backend>(
             rep.timings.check += t0.elapsed().as_secs_f64();
         }
         // 7. with --quantized-inputs, the next layer's inputs are this layer's quantized output.
-        if let (Some(chain), true) = (chain.as_mut(), opts.quantized_inputs) {
+        if let (Some(chain), true, Some(deq)) = (chain.as_mut(), opts.quantized_inputs, deq.as_ref()) {
             let t0 = Instant::now();
-            chain.rerun_output(&ql.dequantized())?;
+            chain.rerun_output(deq)?;
             rep.timings.calibration += t0.elapsed().as_secs_f64();
         }
         let t0 = Instant::now();
