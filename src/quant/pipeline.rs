@@ -625,11 +625,12 @@ pub fn quantize<B: Backend>(
         drop(w);
         // 6. the layer's output error against round-to-nearest of its original weights (the
         //    peers' silent failure: a "calibrated" layer worse than plain rounding).
-        //    The dequantized layer serves this check and step 7.
-        let deq = chain.is_some().then(|| ql.dequantized());
-        if let (Some(chain), Some(rtn), Some(deq)) = (chain.as_ref(), rtn, deq.as_ref()) {
+        //    The dequantized layer is kept for step 7.
+        let mut deq = None;
+        if let (Some(chain), Some(rtn)) = (chain.as_ref(), rtn) {
             let t0 = Instant::now();
-            let errs = chain.output_errors(&[deq, &rtn.dequantized()])?;
+            let d = deq.insert(ql.dequantized());
+            let errs = chain.output_errors(&[d, &rtn.dequantized()])?;
             let (e, e_rtn) = (errs[0], errs[1]);
             (lr.output_mse, lr.rtn_output_mse) = (Some(e), Some(e_rtn));
             if e > e_rtn {
@@ -639,9 +640,9 @@ pub fn quantize<B: Backend>(
             rep.timings.check += t0.elapsed().as_secs_f64();
         }
         // 7. with --quantized-inputs, the next layer's inputs are this layer's quantized output.
-        if let (Some(chain), true, Some(deq)) = (chain.as_mut(), opts.quantized_inputs, deq.as_ref()) {
+        if let (Some(chain), true, Some(d)) = (chain.as_mut(), opts.quantized_inputs, deq.take()) {
             let t0 = Instant::now();
-            chain.rerun_output(deq)?;
+            chain.rerun_output(&d)?;
             rep.timings.calibration += t0.elapsed().as_secs_f64();
         }
         let t0 = Instant::now();
