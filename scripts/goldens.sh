@@ -66,6 +66,9 @@ qwen)
     "awq-g128-ci-noclip-float-zero-seed1|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --zero-point float --zero-search --out-format turbomind --seed 1|0.005|awq-g128-ci-noclip-float-zero with calibration seed 1 (the seed spread)"
     "awq-g128-ci-noclip-float-zero-seed2|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --zero-point float --zero-search --out-format turbomind --seed 2|0.005|awq-g128-ci-noclip-float-zero with calibration seed 2 (the seed spread)"
     "awq-g128-ci-noclip-float|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --zero-point float --out-format turbomind|0.005|awq-g128-ci-noclip with fp16 zero points (TurboMind workspace)"
+    "awq-g128-ci-noclip-qi|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --quantized-inputs|0.005|awq-g128-ci-noclip calibrated on the quantized stream (--quantized-inputs)"
+    "awq-g128-ci-noclip-qi-seed1|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --quantized-inputs --seed 1|0.005|awq-g128-ci-noclip-qi with calibration seed 1 (the seed spread)"
+    "awq-g128-ci-noclip-qi-seed2|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip --quantized-inputs --seed 2|0.005|awq-g128-ci-noclip-qi with calibration seed 2 (the seed spread)"
   )
   ;;
 *) echo "goldens.sh: GOLDENS_MODEL must be smollm2 or qwen, not '$GOLDENS_MODEL'" >&2; exit 2 ;;

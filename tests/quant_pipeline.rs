@@ -484,9 +484,9 @@ fn layer_output_errors_match_the_f64_reference_and_flag_layers_worse_than_rtn() 
         let mut sums = vec![[0f64; 2]; c.num_hidden_layers];
         for b in &blocks {
             let mut x = reference::reference_embed(&src.globals, b);
-            for i in 0..c.num_hidden_layers {
-                let fp = reference::reference_layer(&c, &src.layers[i], x.clone());
-                for (s, l) in sums[i].iter_mut().zip([q.dequantized_layer(i), rtn.dequantized_layer(i)]) {
+            for (i, (layer, sum)) in src.layers.iter().zip(sums.iter_mut()).enumerate() {
+                let fp = reference::reference_layer(&c, layer, x.clone());
+                for (s, l) in sum.iter_mut().zip([q.dequantized_layer(i), rtn.dequantized_layer(i)]) {
                     let o = reference::reference_layer(&c, &l, x.clone());
                     *s += o.iter().flatten().zip(fp.iter().flatten()).map(|(a, b)| (a - b).powi(2)).sum::<f64>();
                 }

@@ -2,7 +2,8 @@
 //!
 //! For each decoder layer, with only that layer's weights and calibration inputs in memory:
 //! 1. run the full-precision layer on the calibration stream, capturing every linear's input and
-//!    advancing the stream (so every layer sees inputs from the unquantized model);
+//!    advancing the stream (so every layer sees inputs from the unquantized model; with
+//!    `--quantized-inputs` the stream advances through the quantized layer instead, after step 6);
 //! 2. search the scales of every input group on the unmodified layer (`--mode awq`), or compute
 //!    lmdeploy's smoothing scales (`--mode lmdeploy`);
 //! 3. fold the scales into norms / producer linears and divide the cached inputs by them;
@@ -11,6 +12,7 @@
 //!    from the scaled inputs' Hessians);
 //! 6. compare the layer's output error with round-to-nearest's (a warning where it is worse) and
 //!    hand the layer to the sink (the exporters).
+//!
 //! Without calibration data (`--calib-samples 0`) the weights are quantized round-to-nearest.
 
 use crate::engine::llama::{upload, Attention, LinearB, Mlp};
