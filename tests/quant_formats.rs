@@ -520,7 +520,7 @@ fn turbomind_layout_and_rope_permutation_are_as_specified() {
     let (codes, scales, zeros) = decode_tm(&w, "layers.1.attention.w_qkv.0", h, qd + 2 * kd, 128);
     // Merged column -> (source linear, source row), with q and k interleaved per head.
     let src = |col: usize| -> (&awqc::quant::int4::QuantizedLinear, usize) {
-        let rope = |c: usize| (c / hd) * hd + if c % 2 == 0 { (c % hd) / 2 } else { (c % hd) / 2 + hd / 2 };
+        let rope = |c: usize| (c / hd) * hd + if c.is_multiple_of(2) { (c % hd) / 2 } else { (c % hd) / 2 + hd / 2 };
         if col < qd {
             (&l.q, rope(col))
         } else if col < qd + kd {

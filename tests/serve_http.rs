@@ -258,7 +258,7 @@ fn endpoints_streaming_usage_and_stop_strings() {
     let rendered = "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n";
     assert_eq!(pt, rendered.len() as u64, "{u}");
     assert_eq!(u["total_tokens"].as_u64().unwrap(), pt + ct);
-    assert!(ct >= 1 && ct <= 24);
+    assert!((1..=24).contains(&ct));
     let finish = r["choices"][0]["finish_reason"].as_str().unwrap();
     assert_eq!(finish, if ct == 24 { "length" } else { "stop" }, "{r}");
 

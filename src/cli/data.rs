@@ -34,7 +34,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
                     .collect();
                 crate::cli::print_json(&json!({"out": out.display().to_string(), "datasets": rows}));
             } else {
-                println!("{:<14} {:>9} {:>10}  {}", "dataset", "documents", "bytes", "file");
+                println!("{:<14} {:>9} {:>10}  file", "dataset", "documents", "bytes");
                 for b in &built {
                     println!("{:<14} {:>9} {:>10}  {}", b.name, b.documents, b.bytes, b.path.display());
                 }

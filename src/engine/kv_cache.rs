@@ -303,7 +303,7 @@ impl KvCache {
 
     /// Make room for one more token of `seq` (allocates a block at block boundaries).
     pub fn reserve(&mut self, seq: &mut SeqState) -> Result<()> {
-        if seq.len % BLOCK_LEN == 0 && seq.len / BLOCK_LEN == seq.blocks.len() {
+        if seq.len.is_multiple_of(BLOCK_LEN) && seq.len / BLOCK_LEN == seq.blocks.len() {
             let limit = self.limit();
             if self.blocks_in_use() >= limit {
                 return Err(Error::usage(format!(

@@ -45,7 +45,7 @@ impl std::fmt::Debug for Q8Matrix {
 impl Q8Matrix {
     /// Whether a table of width `k` can be stored (K a multiple of 32).
     pub fn supports(k: usize) -> bool {
-        k > 0 && k % QB == 0
+        k > 0 && k.is_multiple_of(QB)
     }
 
     /// Quantize `w` (`[N, K]` row-major, K a multiple of 32).

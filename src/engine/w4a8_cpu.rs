@@ -156,7 +156,7 @@ pub fn available() -> Vec<Isa> {
 
 /// Whether a layer with this group size can use these kernels (else the W4A16 ones serve it).
 pub fn supports_group(group: usize) -> bool {
-    group > 0 && group % QB == 0
+    group > 0 && group.is_multiple_of(QB)
 }
 
 /// INT4 weights packed for the W4A8 kernels (module comment: layout).
@@ -345,7 +345,7 @@ unsafe fn quantize_row_avx2(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [
 
 /// Quantize `x [M, K]` for weights of group size `group` (a multiple of 32 dividing K).
 pub fn quantize_rows(x: &[f32], m: usize, k: usize, group: usize) -> Q8Rows {
-    assert!(supports_group(group) && k % group == 0 && x.len() == m * k, "quantize_rows: [{m}, {k}] with group {group}, {} values", x.len());
+    assert!(supports_group(group) && k.is_multiple_of(group) && x.len() == m * k, "quantize_rows: [{m}, {k}] with group {group}, {} values", x.len());
     let (mut x8, mut dx, mut cz, mut bsum) = (vec![0i8; m * k], vec![0f32; m * k / QB], vec![0f32; m * k / group], vec![0i32; m * k / QB]);
     let simd = has(Isa::Avx2);
     type Row<'a> = ((((&'a [f32], &'a mut [i8]), &'a mut [f32]), &'a mut [f32]), &'a mut [i32]);

@@ -219,7 +219,7 @@ impl ModelConfig {
                 return Err(Error::input(src, format!("field \"{name}\" = {v} is implausibly large")));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(Error::input(
                 src,
                 format!(
@@ -228,7 +228,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::input(src, format!("head_dim {} must be even for RoPE", self.head_dim)));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {

@@ -198,7 +198,7 @@ mod tests {
         let dev = Default::default();
         let dir = std::env::temp_dir().join(format!("awqc-chunks-test-{}", std::process::id()));
         let policy = SpillPolicy::spill_to(dir.clone(), 1).unwrap();
-        let vals = |seed: u32, n: usize| -> Vec<f32> { (0..n).map(|i| f32::from_bits(0x3f00_0000 ^ (seed.wrapping_mul(2654435761) ^ i as u32 * 97) & 0x807f_ffff)).collect() };
+        let vals = |seed: u32, n: usize| -> Vec<f32> { (0..n).map(|i| f32::from_bits(0x3f00_0000 ^ (seed.wrapping_mul(2654435761) ^ (i as u32 * 97)) & 0x807f_ffff)).collect() };
         let mut c = Chunks::<B>::new(&policy, &dev);
         for k in 0..3u32 {
             c.push(upload(vals(k, 2 * 5 * 3), [2, 5, 3], &dev)).unwrap();

@@ -37,7 +37,7 @@ pub fn zero_norm_channels(layer: &LayerWeights, g: ScaleGroup) -> Option<Vec<boo
         ScaleGroup::MlpIn => &layer.mlp_norm,
         _ => return None,
     };
-    norm.iter().any(|&w| w == 0.0).then(|| norm.iter().map(|&w| w == 0.0).collect())
+    norm.contains(&0.0).then(|| norm.iter().map(|&w| w == 0.0).collect())
 }
 
 /// Multiply column `c` of a row-major `[N, K]` weight by `s[c]`.

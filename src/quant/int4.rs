@@ -51,7 +51,7 @@ impl QuantParams {
         if !(2..=8).contains(&bits) {
             return Err(Error::usage(format!("--w-bits {bits} is not supported (2..=8; packed formats need 4)")));
         }
-        if group == 0 || group % 8 != 0 {
+        if group == 0 || !group.is_multiple_of(8) {
             return Err(Error::usage(format!("--w-group-size {group} must be a positive multiple of 8")));
         }
         Ok(QuantParams { bits, group, zero: ZeroPoint::Int })
@@ -65,9 +65,9 @@ impl QuantParams {
     /// Check that the group size divides `k` (the in_features of `layer`); the error lists the
     /// group sizes that would work.
     pub fn check_divides(&self, layer: &str, k: usize) -> Result<()> {
-        if k % self.group != 0 {
+        if !k.is_multiple_of(self.group) {
             let ok: Vec<String> =
-                [32usize, 64, 128, 256].iter().filter(|g| k % **g == 0).map(|g| g.to_string()).collect();
+                [32usize, 64, 128, 256].iter().filter(|g| k.is_multiple_of(**g)).map(|g| g.to_string()).collect();
             return Err(Error::usage(format!(
                 "--w-group-size {}: does not divide the input size {} of {}; group sizes that work: {}",
                 self.group,
@@ -590,7 +590,7 @@ mod tests {
                 assert_eq!(ql.zeros[cell] as f64, z.round().clamp(0.0, 15.0), "rounded zero of cell {cell}");
                 for (c, &v) in vals.iter().enumerate() {
                     let q = ql.q[row * k + gi * g + c] as f64;
-                    let want = (v as f32 / s as f32 + z as f32).round_ties_even().clamp(0.0, 15.0) as f64;
+                    let want = (v / s as f32 + z as f32).round_ties_even().clamp(0.0, 15.0) as f64;
                     assert_eq!(q, want, "code of cell {cell} col {c}");
                     let d = (q - z) * s;
                     assert!((deq.data[row * k + gi * g + c] as f64 - d).abs() <= 1e-6 * d.abs().max(1.0));

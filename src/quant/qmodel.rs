@@ -166,7 +166,7 @@ pub fn check_linear(name: &str, l: &QuantizedLinear, n: usize, k: usize, p: Quan
     if l.params != p {
         return bad(format!("quantized with {:?}, the model says {:?}", l.params, p));
     }
-    if k % p.group != 0 {
+    if !k.is_multiple_of(p.group) {
         return bad(format!("in_features {k} is not a multiple of the group size {}", p.group));
     }
     let groups = k / p.group;
