@@ -2,16 +2,18 @@
 //!
 //! For each decoder layer, with only that layer's weights and calibration inputs in memory:
 //! 1. run the full-precision layer on the calibration stream, capturing every linear's input and
-//!    advancing the stream (so every layer sees inputs from the unquantized model; with
-//!    `--quantized-inputs` the stream advances through the quantized layer instead, after step 6);
+//!    advancing the stream (so every layer sees inputs from the unquantized model, unless step 7
+//!    replaces its output);
 //! 2. search the scales of every input group on the unmodified layer (`--mode awq`), or compute
 //!    lmdeploy's smoothing scales (`--mode lmdeploy`);
 //! 3. fold the scales into norms / producer linears and divide the cached inputs by them;
 //! 4. search weight clipping on the scaled inputs (awq mode, not q/k);
 //! 5. quantize the seven linears (optionally with the (scale, zero) search and GPTQ's feedback,
 //!    from the scaled inputs' Hessians);
-//! 6. compare the layer's output error with round-to-nearest's (a warning where it is worse) and
-//!    hand the layer to the sink (the exporters).
+//! 6. compare the layer's output error with round-to-nearest's (a warning where it is worse);
+//! 7. with `--quantized-inputs`, re-run the layer's dequantized weights on its inputs, so the next
+//!    layer calibrates on what the quantized model feeds it;
+//! 8. hand the layer to the sink (the exporters).
 //!
 //! Without calibration data (`--calib-samples 0`) the weights are quantized round-to-nearest.
 
@@ -647,6 +649,7 @@ pub fn quantize<B: Backend>(
             chain.rerun_output(&d)?;
             rep.timings.calibration += t0.elapsed().as_secs_f64();
         }
+        // 8. hand the layer to the exporters.
         let t0 = Instant::now();
         sink.write_layer(i, &ql)?;
         rep.timings.export += t0.elapsed().as_secs_f64();
