@@ -8,6 +8,8 @@
 #        THREADS=2  SLOTS=16  CTX_PER_SLOT=512  LLAMA_GGUF=out/llama.cpp/smollm2-q4_0.gguf
 #        AWQ_MODEL=out/smollm2-awq-g64  OUT_DIR=out/bench-serve  TIMEOUT=180 (per request)
 #        QUIET_WAIT=300 (most seconds to wait for idle CPUs before each server is benchmarked)
+#        SERVERS=llama,awqc (which servers to run: SERVERS=awqc benchmarks awqc serve alone, without
+#        building or starting llama.cpp)
 #
 # llama-server: -t THREADS -np SLOTS -c SLOTS*CTX_PER_SLOT (one KV cell range of CTX_PER_SLOT per slot:
 # -np given explicitly turns the unified KV buffer off), continuous batching -cb (its default, made
@@ -30,6 +32,11 @@ AWQ_MODEL=${AWQ_MODEL:-out/smollm2-awq-g64}
 OUT_DIR=${OUT_DIR:-out/bench-serve}
 TIMEOUT=${TIMEOUT:-180}
 READY_TIMEOUT=${READY_TIMEOUT:-180}
+SERVERS=${SERVERS:-llama,awqc}
+want() { case ",$SERVERS," in *",$1,"*) return 0;; *) return 1;; esac; }
+for s in ${SERVERS//,/ }; do
+  case $s in llama|awqc) ;; *) echo "bench-serve.sh: ERROR: SERVERS=$SERVERS: unknown server '$s' (llama, awqc)" >&2; exit 2;; esac
+done
 
 say() { echo "bench-serve.sh: $*" >&2; }
 die() { echo "bench-serve.sh: ERROR: $*" >&2; exit 1; }
@@ -85,30 +92,36 @@ bench() { # label url model json
 RESULTS=()
 
 # --- llama-server -----------------------------------------------------------------------------------
-[ -x "$LLAMA_SERVER" ] || die "$LLAMA_SERVER not found: run scripts/llama-cpp.sh"
-[ -f "$LLAMA_GGUF" ] || die "$LLAMA_GGUF not found: run scripts/llama-cpp.sh"
-P=$(free_port)
-LOG=$OUT_DIR/llama-server.log
-LLAMA_ARGS=(-m "$LLAMA_GGUF" -a smollm2-q4_0 -t "$THREADS" -tb "$THREADS" -np "$SLOTS" -c $((SLOTS * CTX_PER_SLOT))
-            -cb --no-webui --host 127.0.0.1 --port "$P")
-say "starting $LLAMA_SERVER ${LLAMA_ARGS[*]} (log $LOG)"
-"$LLAMA_SERVER" "${LLAMA_ARGS[@]}" > "$LOG" 2>&1 &
-SERVER_PID=$!
-t0=$(date +%s)
-until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P/health" 2>/dev/null)" = 200 ]; do
-  kill -0 "$SERVER_PID" 2>/dev/null || { tail -20 "$LOG" >&2; die "llama-server exited before /health was ready"; }
-  [ $(( $(date +%s) - t0 )) -lt "$READY_TIMEOUT" ] || { tail -20 "$LOG" >&2; die "llama-server not ready after ${READY_TIMEOUT}s"; }
-  sleep 0.5
-done
-say "llama-server ready on 127.0.0.1:$P after $(( $(date +%s) - t0 ))s"
-bench llama-server-q4_0 "http://127.0.0.1:$P" smollm2-q4_0 "$OUT_DIR/llama-server.json" \
-  || say "bench-serve.py reported failure for llama-server"
-[ -f "$OUT_DIR/llama-server.json" ] && RESULTS+=("$OUT_DIR/llama-server.json")
-stop_server
+if want llama; then
+  [ -x "$LLAMA_SERVER" ] || die "$LLAMA_SERVER not found: run scripts/llama-cpp.sh"
+  [ -f "$LLAMA_GGUF" ] || die "$LLAMA_GGUF not found: run scripts/llama-cpp.sh"
+  P=$(free_port)
+  LOG=$OUT_DIR/llama-server.log
+  LLAMA_ARGS=(-m "$LLAMA_GGUF" -a smollm2-q4_0 -t "$THREADS" -tb "$THREADS" -np "$SLOTS" -c $((SLOTS * CTX_PER_SLOT))
+              -cb --no-webui --host 127.0.0.1 --port "$P")
+  say "starting $LLAMA_SERVER ${LLAMA_ARGS[*]} (log $LOG)"
+  "$LLAMA_SERVER" "${LLAMA_ARGS[@]}" > "$LOG" 2>&1 &
+  SERVER_PID=$!
+  t0=$(date +%s)
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P/health" 2>/dev/null)" = 200 ]; do
+    kill -0 "$SERVER_PID" 2>/dev/null || { tail -20 "$LOG" >&2; die "llama-server exited before /health was ready"; }
+    [ $(( $(date +%s) - t0 )) -lt "$READY_TIMEOUT" ] || { tail -20 "$LOG" >&2; die "llama-server not ready after ${READY_TIMEOUT}s"; }
+    sleep 0.5
+  done
+  say "llama-server ready on 127.0.0.1:$P after $(( $(date +%s) - t0 ))s"
+  bench llama-server-q4_0 "http://127.0.0.1:$P" smollm2-q4_0 "$OUT_DIR/llama-server.json" \
+    || say "bench-serve.py reported failure for llama-server"
+  [ -f "$OUT_DIR/llama-server.json" ] && RESULTS+=("$OUT_DIR/llama-server.json")
+  stop_server
+else
+  say "SERVERS=$SERVERS: llama-server skipped"
+fi
 
 # --- awqc serve ---------------------------------------------------------------------------------------
 AWQC_NOTE=
-if [ ! -x "$AWQC" ]; then
+if ! want awqc; then
+  AWQC_NOTE="SERVERS=$SERVERS: awqc serve skipped"
+elif [ ! -x "$AWQC" ]; then
   AWQC_NOTE="$AWQC not found: awqc serve skipped"
 elif ! "$AWQC" serve --help > /dev/null 2>&1; then
   AWQC_NOTE="$AWQC has no 'serve' subcommand yet: awqc serve skipped"
