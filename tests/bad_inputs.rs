@@ -851,8 +851,6 @@ fn quantize_flags_and_outputs_are_checked_before_any_work() {
         &dir,
     );
     r.refused("quantize --batch-size 0", q(&dir.join("bs0"), &["--batch-size", "0"]), USAGE, &["--batch-size must be at least 1"], &dir);
-    r.refused("--gqa-o-scales in lmdeploy mode", q(&dir.join("gqo"), &["--w-group-size", "64", "--mode", "lmdeploy", "--gqa-o-scales"]), USAGE, &["--gqa-o-scales belongs to --mode awq"], &dir);
-    r.refused("--gqa-o-scales without calibration", q(&dir.join("gqo0"), &["--w-group-size", "64", "--gqa-o-scales"]), USAGE, &["--gqa-o-scales needs calibration data (--calib-samples is 0)"], &dir);
     r.refused("--zero-search without calibration", q(&dir.join("zs0"), &["--w-group-size", "64", "--zero-search"]), USAGE, &["--zero-search needs calibration data (--calib-samples is 0)"], &dir);
     r.refused(
         "--zero-point float into AutoAWQ",

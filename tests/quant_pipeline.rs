@@ -37,25 +37,20 @@ fn folding_random_scales_preserves_logits() {
         let before = reference::reference_logits(&c, &g, &layers, &ids);
         let mut folded = layers.clone();
         let mut r = SplitMix(99);
-        // v -> o included under GQA (`--gqa-o-scales`): the scales are drawn per o channel, not
-        // tied, and the fold must still be exact (it uses one value per v row).
         for l in folded.iter_mut() {
-            for grp in ScaleGroup::for_model(&c, true) {
+            for grp in ScaleGroup::for_model(&c) {
                 let k = grp.consumers()[0].shape(&c).1;
                 // Scales spanning e^-2 .. e^2.
                 let s: Vec<f64> = (0..k).map(|_| ((r.uniform() * 2.0) as f64).exp()).collect();
-                fold_group(l, &c, grp, &s);
+                fold_group(l, grp, &s);
             }
         }
-        assert_eq!(ScaleGroup::for_model(&c, false).len(), if c.is_gqa() { 3 } else { 4 });
-        assert_eq!(ScaleGroup::for_model(&c, true).len(), 4);
+        assert_eq!(ScaleGroup::for_model(&c).len(), if c.is_gqa() { 3 } else { 4 });
         let after = reference::reference_logits(&c, &g, &folded, &ids);
         let e = rel_err(&after, &before);
         assert!(e < 1e-5, "{:?}: folding changed the logits, relative error {e:e}", c.arch);
         // And the scales did change the weights.
         assert_ne!(folded[0].q.w.data, layers[0].q.w.data);
-        assert_ne!(folded[0].o.w.data, layers[0].o.w.data);
-        assert_ne!(folded[0].v.w.data, layers[0].v.w.data);
     }
 }
 
@@ -122,7 +117,7 @@ fn search_restarts_each_grid_point_from_original_weights_and_prunes_exactly() {
 
     let mut abandoned = 0;
     for first in [0, 10, 19] {
-        let gs = search_group(ScaleGroup::AttnIn, &consumers, &block, &Chunks::resident(x.clone(), &dev), &xm, None, None, p, true, 20, first, &dev).unwrap();
+        let gs = search_group(ScaleGroup::AttnIn, &consumers, &block, &Chunks::resident(x.clone(), &dev), &xm, None, p, true, 20, first, &dev).unwrap();
         assert_eq!(gs.losses.len(), 20);
         assert_eq!(gs.alpha, best as f64 / 20.0, "first = {first}");
         assert_eq!(gs.loss_best, exhaustive[best], "first = {first}");
@@ -169,7 +164,6 @@ fn options(mode: Mode, clip: bool, batch_size: usize) -> QuantizeOptions {
         gptq: None,
         zero_search: false,
         quantized_inputs: false,
-        gqa_o_scales: false,
         spill: Default::default(),
     }
 }
@@ -224,7 +218,7 @@ fn gram_loss_equals_direct_output_mse() {
     let xm: Vec<f64> = (0..k).map(|ch| (0..2 * t).map(|i| x[i * k + ch].abs() as f64).sum::<f64>() / (2 * t) as f64).collect();
     let block = Inspect::<B>::Linear(LinearB::from_host(&w.down, &dev));
     let p = QuantParams::new(4, 32).unwrap();
-    let gs = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &Chunks::resident(xt.clone(), &dev), &xm, None, None, p, true, 20, 10, &dev).unwrap();
+    let gs = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &Chunks::resident(xt.clone(), &dev), &xm, None, p, true, 20, 10, &dev).unwrap();
     let org: Vec<Tensor<B, 3>> = xt.iter().map(|c| block.forward(c.clone())).collect();
     let lq = awqc::model::arch::Linear { w: scaled_fake_quant(&w.down.w, &gs.scales, p), b: None };
     let trial = block.with(&[(LinearKind::Down, LinearB::from_host(&lq, &dev))]);
@@ -233,7 +227,7 @@ fn gram_loss_equals_direct_output_mse() {
     assert!(rel < 1e-4, "gram loss {} vs direct {direct} (rel {rel:e})", gs.loss_best);
     // With fewer tokens than K the search evaluates the product directly: the same loss up to
     // rounding (the first chunk alone: 80 tokens < 128).
-    let gs1 = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &Chunks::resident(xt[..1].to_vec(), &dev), &xm, None, None, p, true, 20, 10, &dev).unwrap();
+    let gs1 = search_group(ScaleGroup::MlpOut, &[(LinearKind::Down, &w.down)], &block, &Chunks::resident(xt[..1].to_vec(), &dev), &xm, None, p, true, 20, 10, &dev).unwrap();
     let lq1 = awqc::model::arch::Linear { w: scaled_fake_quant(&w.down.w, &gs1.scales, p), b: None };
     let trial1 = block.with(&[(LinearKind::Down, LinearB::from_host(&lq1, &dev))]);
     let direct1 = sq_err_sum(trial1.forward(xt[0].clone()), org[0].clone()) / (t * 64) as f64;
@@ -429,55 +423,6 @@ fn quantized_inputs_calibrate_each_layer_on_the_quantized_stream() {
     let (via_fp, _) = go(&src_q0, false, SpillPolicy::in_memory(), None);
     assert!(via_fp.layers[1] == qi.layers[1], "layer 1 differs from the full-precision pipeline fed the quantized layer 0");
     same_model_across_threads_spill_and_resume("the quantized-input model", "qi", &qi, |spill, resume| go(&src, true, spill, resume));
-}
-
-#[test]
-fn gqa_o_scales_are_tied_over_the_query_heads_and_change_only_v_and_o() {
-    // --gqa-o-scales on a GQA model (4 query heads over 2 KV heads, D = 32): every layer gets a
-    // v -> o group whose scales are equal on the o channels that read one v channel; the other
-    // groups are searched on the unmodified layer and the full-precision stream, so q, k and the
-    // MLP come out bit-identical and only v and o change. Deterministic and resumable (the
-    // replay folds the saved scales again); refused in lmdeploy mode.
-    use awqc::quant::fold::HeadMap;
-    let c = synth::config(Arch::Llama, 128, 256, 2, 4, 2, 64, true);
-    assert!(c.is_gqa());
-    let src = MemSource { globals: synth::globals(&c, 19), layers: (0..2).map(|i| synth::layer(&c, 19, i)).collect(), config: c.clone() };
-    let mut r = SplitMix(41);
-    let blocks: Vec<Vec<u32>> = (0..4).map(|_| (0..32).map(|_| (r.next_u64() % 64) as u32).collect()).collect();
-    let go = |gqa_o_scales: bool, spill: SpillPolicy, resume: Option<(&JobState, usize)>| {
-        let opts = QuantizeOptions { gqa_o_scales, spill, ..options(Mode::Awq, true, 2) };
-        let mut sink = CollectSink::default();
-        let rep = quantize::<B>(&src, &blocks, &opts, &mut sink, &Default::default(), resume, |_| {}).unwrap();
-        (sink.model.unwrap(), rep)
-    };
-    let (plain, plain_rep) = go(false, SpillPolicy::in_memory(), None);
-    let (tied, rep) = go(true, SpillPolicy::in_memory(), None);
-    let map = HeadMap::of(&c);
-    for (i, (lp, lt)) in plain_rep.layers.iter().zip(&rep.layers).enumerate() {
-        assert!(lp.groups.iter().all(|g| g.group != "attn_out"), "layer {i}: v -> o searched without the flag");
-        let g = lt.groups.iter().find(|g| g.group == "attn_out").unwrap_or_else(|| panic!("layer {i}: no attn_out group"));
-        assert_eq!(g.scales.len(), c.num_attention_heads * c.head_dim);
-        for (ch, &s) in g.scales.iter().enumerate() {
-            let first = (0..g.scales.len()).find(|&o| map.v_channel(o) == map.v_channel(ch)).unwrap();
-            assert_eq!(s, g.scales[first], "layer {i}: o channel {ch} not tied to channel {first}");
-        }
-        assert!(g.loss_best <= g.loss_rtn, "layer {i}: {} > {}", g.loss_best, g.loss_rtn);
-        assert!(g.identity || g.scales.iter().any(|&s| s != 1.0), "layer {i}: all-ones scales from the grid");
-    }
-    for (i, (a, b)) in plain.layers.iter().zip(&tied.layers).enumerate() {
-        for k in [LinearKind::Q, LinearKind::K, LinearKind::Gate, LinearKind::Up, LinearKind::Down] {
-            assert!(a.linear(k) == b.linear(k), "layer {i}: {k:?} changed");
-        }
-        let searched = rep.layers[i].groups.iter().any(|g| g.group == "attn_out" && !g.identity);
-        if searched {
-            assert!(a.linear(LinearKind::V) != b.linear(LinearKind::V) && a.linear(LinearKind::O) != b.linear(LinearKind::O), "layer {i}: v / o unchanged");
-        }
-    }
-    assert!(rep.layers.iter().any(|l| l.groups.iter().any(|g| g.group == "attn_out" && !g.identity)), "no layer kept a searched v -> o scale");
-    same_model_across_threads_spill_and_resume("the --gqa-o-scales model", "gqao", &tied, |spill, resume| go(true, spill, resume));
-    let opts = QuantizeOptions { gqa_o_scales: true, ..options(Mode::Lmdeploy, false, 2) };
-    let err = quantize::<B>(&src, &blocks, &opts, &mut CollectSink::default(), &Default::default(), None, |_| {}).unwrap_err();
-    assert!(err.to_string().contains("--gqa-o-scales"), "{err}");
 }
 
 #[test]

@@ -214,7 +214,6 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             gptq: Some(0.01),
             zero_search: true,
             quantized_inputs: false,
-            gqa_o_scales: false,
             spill: Default::default(),
         };
         let out = std::env::temp_dir().join(format!("awqc-bench-{}", std::process::id()));

@@ -68,11 +68,6 @@ pub struct Args {
     /// instead of the full-precision model's (AutoAWQ's and lmdeploy's default).
     #[arg(long)]
     pub quantized_inputs: bool,
-    /// Scale o_proj's inputs under grouped-query attention too (AutoAWQ and lmdeploy skip v -> o
-    /// there): one scale per v_proj output channel, shared by the o_proj columns of the query
-    /// heads that read it, searched like the other groups (awq mode).
-    #[arg(long)]
-    pub gqa_o_scales: bool,
     /// Replace existing outputs (and discard a resume state that belongs to another job).
     #[arg(long)]
     pub force: bool,
@@ -125,9 +120,6 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 
 fn options(a: &Args) -> Result<QuantizeOptions> {
     a.calib.check()?;
-    if a.gqa_o_scales && a.mode != Mode::Awq {
-        return Err(Error::usage("--gqa-o-scales belongs to --mode awq (it searches the tied v -> o scales)"));
-    }
     if a.search_scale && a.mode != Mode::Lmdeploy {
         return Err(Error::usage("--search-scale belongs to --mode lmdeploy (awq mode always searches)"));
     }
@@ -155,7 +147,6 @@ fn options(a: &Args) -> Result<QuantizeOptions> {
         gptq: gptq_damp(a)?,
         zero_search: needs_calibration(a, a.zero_search, "--zero-search")?,
         quantized_inputs: needs_calibration(a, a.quantized_inputs, "--quantized-inputs")?,
-        gqa_o_scales: needs_calibration(a, a.gqa_o_scales, "--gqa-o-scales")?,
         spill: Default::default(),
     })
 }
@@ -434,7 +425,6 @@ fn rtn_ppl<B: Backend>(dev: B::Device, src: &HfSource, bits: u32, group: usize, 
         gptq: None,
         zero_search: false,
         quantized_inputs: false,
-        gqa_o_scales: false,
         spill: Default::default(),
     };
     let mut sink = crate::quant::qmodel::CollectSink::default();

@@ -255,8 +255,7 @@ pub fn load_layer(repo: &SafetensorsRepo, c: &ModelConfig, i: usize) -> Result<L
 pub enum ScaleGroup {
     /// `attn_norm -> {q, k, v}`; loss measured on the whole attention block.
     AttnIn,
-    /// `v -> o`; skipped for InternLM2 (fused wqkv), and under GQA unless asked for
-    /// (`--gqa-o-scales`: one scale per v channel, shared by the o columns reading it).
+    /// `v -> o`; skipped under GQA and for InternLM2 (fused wqkv).
     AttnOut,
     /// `mlp_norm -> {gate, up}`; loss measured on the whole MLP.
     MlpIn,
@@ -281,12 +280,11 @@ impl ScaleGroup {
             ScaleGroup::MlpOut => &[LinearKind::Down],
         }
     }
-    /// The groups that apply to this model, in search order. `gqa_o`: also `v -> o` under GQA,
-    /// which AutoAWQ and lmdeploy skip (their scales are per o channel, and a v row feeds G of
-    /// them); the scales are then tied over those G channels (`fold::HeadMap`).
-    pub fn for_model(c: &ModelConfig, gqa_o: bool) -> Vec<ScaleGroup> {
+    /// The groups that apply to this model, in search order.
+    pub fn for_model(c: &ModelConfig) -> Vec<ScaleGroup> {
         let mut g = vec![ScaleGroup::AttnIn];
-        if (!c.is_gqa() || gqa_o) && c.arch != Arch::InternLM2 {
+        // v -> o folding is exact only when v's outputs map one-to-one onto o's inputs.
+        if !c.is_gqa() && c.arch != Arch::InternLM2 {
             g.push(ScaleGroup::AttnOut);
         }
         g.push(ScaleGroup::MlpIn);

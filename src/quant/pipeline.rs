@@ -26,7 +26,7 @@ use crate::quant::calibrate::{stats_of, FpChain, LayerInputs};
 use crate::quant::chunks::{Chunks, SpillPolicy};
 use crate::quant::clip::{apply_clip, clip_linear, ClipResult};
 use crate::quant::resume::{JobState, LayerResult};
-use crate::quant::fold::{fold_group, normalize_scales, zero_norm_channels, HeadMap};
+use crate::quant::fold::{fold_group, normalize_scales, zero_norm_channels};
 use crate::quant::gptq::{GptqResult, LayerFeedback};
 use crate::quant::hessian::{LayerHessians, INPUT_READERS};
 use crate::quant::int4::{QuantParams, QuantizedLinear};
@@ -131,11 +131,6 @@ pub struct QuantizeOptions {
     /// serialized options when off, so the fingerprints of existing jobs stay as they were.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub quantized_inputs: bool,
-    /// Search and fold `v -> o` scales under GQA too, tied over the query heads of each KV head
-    /// (`--gqa-o-scales`; AutoAWQ and lmdeploy leave o_proj unscaled there). Serialized only
-    /// when on, as above.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub gqa_o_scales: bool,
     /// Where the calibration activations live (`--max-memory`); never changes the output.
     #[serde(skip)]
     pub spill: SpillPolicy,
@@ -423,9 +418,6 @@ pub fn quantize<B: Backend>(
     if p.zero != crate::quant::int4::ZeroPoint::Int && opts.gptq.is_some() {
         return Err(Error::usage("--zero-point float does not combine with --gptq yet (its feedback rounds with integer zero points)"));
     }
-    if opts.gqa_o_scales && (opts.mode != Mode::Awq || blocks.is_empty()) {
-        return Err(Error::usage("--gqa-o-scales belongs to the calibrated awq mode (it searches the tied v -> o scales; lmdeploy's fixed-ratio scales are per o channel)"));
-    }
     let mut rep = QuantReport { calib_tokens: blocks.iter().map(|b| b.len()).sum(), ..Default::default() };
     let t0 = Instant::now();
     let globals = src.globals()?;
@@ -477,7 +469,7 @@ pub fn quantize<B: Backend>(
             rep.timings.calibration += t0.elapsed().as_secs_f64();
             let r = st.load_layer(i)?;
             for (g, s) in &r.scales {
-                fold_group(&mut w, &c, *g, s);
+                fold_group(&mut w, *g, s);
                 if let Some(ins) = ins.as_mut() {
                     scale_inputs(ins.group_mut(*g), s, dev)?;
                 }
@@ -506,13 +498,12 @@ pub fn quantize<B: Backend>(
 
             // 2. scales for every group, all computed on the unmodified layer.
             let t0 = Instant::now();
-            let groups = ScaleGroup::for_model(&c, opts.gqa_o_scales);
+            let groups = ScaleGroup::for_model(&c);
             let mut scales: Vec<(ScaleGroup, Vec<f64>)> = Vec::new();
             for &g in &groups {
                 let consumers: Vec<(LinearKind, &crate::model::arch::Linear)> =
                     g.consumers().iter().map(|&k| (k, w.linear(k))).collect();
                 let fixed = zero_norm_channels(&w, g);
-                let tie = (g == ScaleGroup::AttnOut && c.is_gqa()).then(|| HeadMap::of(&c));
                 let x = ins.group(g);
                 let stats = ins.stats(g);
                 if let Some((ch, v)) = stats.first_non_finite() {
@@ -522,7 +513,7 @@ pub fn quantize<B: Backend>(
                     Mode::Awq => {
                         let block = inspector(g, &w, &c, chain);
                         let first = first_guess(rep.layers.last(), g, opts.n_grid);
-                        let gs = search_group(g, &consumers, &block, x, &stats.absmean(), fixed.as_deref(), tie.as_ref(), p, opts.duo_scaling, opts.n_grid, first, dev)?.or_identity();
+                        let gs = search_group(g, &consumers, &block, x, &stats.absmean(), fixed.as_deref(), p, opts.duo_scaling, opts.n_grid, first, dev)?.or_identity();
                         rep.search_flops += search_flops(g, &c, tokens, seqlen, gs.grid_work);
                         if !gs.loss_best.is_finite() {
                             return Err(Error::input(format!("layer {i}"), format!("scale search for {} found no finite loss (NaN/inf in the block output)", g.name())));
@@ -542,7 +533,7 @@ pub fn quantize<B: Backend>(
                             for ci in 0..x.len() {
                                 let xs = Chunks::resident(vec![x.get(ci)?], dev);
                                 let st = stats_of(&xs)?;
-                                let gs = search_group(g, &consumers, &block, &xs, &st.absmean(), fixed.as_deref(), tie.as_ref(), p, true, opts.n_grid, opts.n_grid / 2, dev)?;
+                                let gs = search_group(g, &consumers, &block, &xs, &st.absmean(), fixed.as_deref(), p, true, opts.n_grid, opts.n_grid / 2, dev)?;
                                 ratio_sum += gs.alpha;
                                 work += gs.grid_work;
                                 n += 1;
@@ -566,7 +557,7 @@ pub fn quantize<B: Backend>(
             }
             // 3. fold, and make the cached inputs what the scaled linears will see.
             for (g, s) in &scales {
-                fold_group(&mut w, &c, *g, s);
+                fold_group(&mut w, *g, s);
                 scale_inputs(ins.group_mut(*g), s, dev)?;
             }
             rep.timings.search += t0.elapsed().as_secs_f64();

@@ -9,7 +9,7 @@ use crate::model::arch::{Linear, LinearKind, ScaleGroup};
 use crate::error::Result;
 use crate::quant::calibrate::map_chunks;
 use crate::quant::chunks::Chunks;
-use crate::quant::fold::{normalize_scales, HeadMap};
+use crate::quant::fold::normalize_scales;
 use crate::quant::hessian::{gram_loss, Hessian};
 use crate::quant::int4::{scaled_fake_quantize_row, QuantParams};
 use crate::tensor::HostTensor;
@@ -176,8 +176,7 @@ pub fn grid_order(n_grid: usize, first: usize) -> Vec<usize> {
 }
 
 /// Search the scales of one group. `x` holds the group's cached input in chunks of sequences and
-/// `x_mean` its per-channel mean |x|. `tie` (v -> o under GQA): pool `x_mean` and the weight
-/// term over the o channels that read one v channel, so every candidate folds exactly. The loss is the MSE between the block's output with the
+/// `x_mean` its per-channel mean |x|. The loss is the MSE between the block's output with the
 /// trial weights and with the full-precision weights.
 ///
 /// Exact branch and bound: the loss is a sum of non-negative per-chunk terms, added in chunk order,
@@ -194,7 +193,6 @@ pub fn search_group<B: Backend>(
     x: &Chunks<B>,
     x_mean: &[f64],
     fixed: Option<&[bool]>,
-    tie: Option<&HeadMap>,
     p: QuantParams,
     duo: bool,
     n_grid: usize,
@@ -203,12 +201,7 @@ pub fn search_group<B: Backend>(
 ) -> Result<GroupSearch> {
     let start = std::time::Instant::now();
     let weights: Vec<&HostTensor> = consumers.iter().map(|(_, l)| &l.w).collect();
-    let mut wm = duo.then(|| w_mean(&weights, p.group));
-    let mut x_mean = x_mean.to_vec();
-    if let Some(t) = tie {
-        t.tie(&mut x_mean);
-        wm.iter_mut().for_each(|w| t.tie(w));
-    }
+    let wm = duo.then(|| w_mean(&weights, p.group));
     let tokens = x.tokens();
     // `eval(s, bound)`: the loss of scales `s`, abandoned once it provably exceeds `bound`.
     let eval: Box<dyn Fn(&[f64], f64) -> Result<Trial>> = match block {
@@ -262,7 +255,7 @@ pub fn search_group<B: Backend>(
     // (loss, grid index, scales) of the best complete point.
     let mut best: (f64, usize, Vec<f64>) = (f64::INFINITY, 0, ones);
     for i in grid_order(n_grid, first) {
-        let mut s = raw_scales(&x_mean, wm.as_deref(), i as f64 / n_grid as f64);
+        let mut s = raw_scales(x_mean, wm.as_deref(), i as f64 / n_grid as f64);
         normalize_scales(&mut s, fixed);
         let t = eval(&s, best.0)?;
         grid_work += t.work;
