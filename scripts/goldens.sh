@@ -14,7 +14,7 @@
 # into the goldens file (tolerances and notes below); each quantization's JSON report is kept
 # under out/goldens/ (out/goldens-qwen/). The SmolLM2 awq-*-c128 entries are the acceptance
 # configuration of issue 3 (128 x 512 c4 blocks) and take about 35 minutes each on 2 cores; each
-# Qwen entry takes 7-11 minutes (2-core AMX machine: search 4.5 min, eval 2 min).
+# 4-block Qwen entry takes 7-11 minutes (2-core AMX machine: search 4.5 min, eval 2 min), awq-g128-c32 about an hour.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 awqc="${1:-target/release/awqc}"
@@ -49,6 +49,7 @@ qwen)
     "fp||0.001|full-precision model (f32 weights from the GGUF), no quantization"
     "rtn-g128|--w-group-size 128 --calib-samples 0|0.001|round-to-nearest INT4, group 128"
     "awq-g128-ci|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512|0.005|AWQ group 128 (4 x 512 c4 tokens, lmdeploy sampling); the model make test-tools serves"
+    "awq-g128-c32|--w-group-size 128 --calib-dataset c4 --calib-samples 32 --calib-seqlen 512|0.005|AWQ group 128 with 32 x 512 c4 tokens (issue 14's 32-block row); 62 min to quantize on 2 shared cores"
     "awq-g128-ci-noclip|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --no-clip|0.005|AWQ group 128 without the clip search (4 x 512 c4 tokens): the clip search is what puts awq-g128-ci above RTN"
     "awq-g128-ci-zero|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --zero-search|0.005|AWQ group 128 + activation-weighted (scale, zero) search (4 x 512 c4 tokens)"
     "awq-g128-ci-gptq|--w-group-size 128 --calib-dataset c4 --calib-samples 4 --calib-seqlen 512 --gptq|0.005|AWQ group 128 + GPTQ error feedback (4 x 512 c4 tokens)"
