@@ -33,13 +33,14 @@ OUT_DIR=${OUT_DIR:-out/bench-serve}
 TIMEOUT=${TIMEOUT:-180}
 READY_TIMEOUT=${READY_TIMEOUT:-180}
 SERVERS=${SERVERS:-llama,awqc}
-want() { case ",$SERVERS," in *",$1,"*) return 0;; *) return 1;; esac; }
-for s in ${SERVERS//,/ }; do
-  case $s in llama|awqc) ;; *) echo "bench-serve.sh: ERROR: SERVERS=$SERVERS: unknown server '$s' (llama, awqc)" >&2; exit 2;; esac
-done
 
 say() { echo "bench-serve.sh: $*" >&2; }
 die() { echo "bench-serve.sh: ERROR: $*" >&2; exit 1; }
+
+want() { case ",$SERVERS," in *",$1,"*) return 0;; *) return 1;; esac; }
+for s in ${SERVERS//,/ }; do
+  case $s in llama|awqc) ;; *) say "ERROR: SERVERS=$SERVERS: unknown server '$s' (llama, awqc)"; exit 2;; esac
+done
 mkdir -p "$OUT_DIR"
 
 SERVER_PID=
