@@ -19,7 +19,7 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Full-precision model directory, or a hub id org/name[@revision] (downloaded into the HF cache when missing).
+    /// Full-precision model directory, or a hub id `org/name[@revision]` (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
     #[command(flatten)]

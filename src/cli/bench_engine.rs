@@ -20,7 +20,7 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model directories (HF, AutoAWQ or TurboMind) or hub ids org/name[@revision], each measured in turn.
+    /// Model directories (HF, AutoAWQ or TurboMind) or hub ids `org/name[@revision]`, each measured in turn.
     #[arg(long, required = true, num_args = 1..)]
     pub model: Vec<String>,
     #[command(flatten)]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Model directory (HF, AutoAWQ checkpoint or TurboMind workspace), or a hub id org/name[@revision] (downloaded into the HF cache when missing).
+    /// Model directory (HF, AutoAWQ checkpoint or TurboMind workspace), or a hub id `org/name[@revision]` (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
     #[command(flatten)]

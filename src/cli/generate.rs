@@ -14,7 +14,7 @@ use std::path::Path;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Model directory (HF, AutoAWQ or TurboMind), or a hub id org/name[@revision] (downloaded into the HF cache when missing).
+    /// Model directory (HF, AutoAWQ or TurboMind), or a hub id `org/name[@revision]` (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
     #[command(flatten)]

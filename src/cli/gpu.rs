@@ -241,7 +241,7 @@ pub fn bench_gpu(a: BenchGpuArgs, json: bool) -> Result<()> {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchDecodeArgs {
-    /// Model directory (HF, AutoAWQ or TurboMind), or a hub id org/name[@revision] (downloaded into the HF cache when missing).
+    /// Model directory (HF, AutoAWQ or TurboMind), or a hub id `org/name[@revision]` (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
     #[command(flatten)]

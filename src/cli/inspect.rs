@@ -9,7 +9,7 @@ use std::path::Path;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A model directory (HF, AutoAWQ, TurboMind workspace), a .gguf file, or a hub id org/name[@revision] (downloaded into the HF cache when missing).
+    /// A model directory (HF, AutoAWQ, TurboMind workspace), a .gguf file, or a hub id `org/name[@revision]` (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
     #[command(flatten)]

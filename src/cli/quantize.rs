@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Full-precision model directory, or a hub id org/name[@revision] (downloaded into the HF cache when missing).
+    /// Full-precision model directory, or a hub id `org/name[@revision]` (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
     #[command(flatten)]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// The engine flags of `serve` and `chat`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// Model directory (HF, AutoAWQ-GEMM or TurboMind workspace), or a hub id org/name[@revision] (downloaded into the HF cache when missing).
+    /// Model directory (HF, AutoAWQ-GEMM or TurboMind workspace), or a hub id `org/name[@revision]` (downloaded into the HF cache when missing).
     #[arg(long)]
     pub model: String,
     #[command(flatten)]

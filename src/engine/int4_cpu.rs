@@ -10,8 +10,8 @@
 //! once per M rows. Prefill (M in the hundreds or thousands) is compute-bound. One kernel serves
 //! both: an outer-product ("GEMM microkernel") loop that unpacks, for one k, the codes of 16
 //! consecutive output rows into one 16-lane f32 vector (two 8-lane vectors on AVX2) and FMAs it
-//! with the broadcast activation x[m][k] of MR activation rows (MR = 1..16). No horizontal sums:
-//! the 16 lanes are 16 outputs y[m][n0..n0+16]. Small MR processes several 16-row tiles at once
+//! with the broadcast activation `x[m][k]` of MR activation rows (MR = 1..16). No horizontal sums:
+//! the 16 lanes are 16 outputs `y[m][n0..n0+16]`. Small MR processes several 16-row tiles at once
 //! so that enough independent FMA chains are in flight; MR = 16 reuses each unpacked vector 16
 //! times, which makes the unpacking (about 6 vector ops per 32 weights against 32 FMAs) cheap
 //! enough for prefill.
@@ -37,7 +37,7 @@
 //!
 //! # Arithmetic (the same on every copy, so AVX2 and AVX-512 give the same bits)
 //!
-//! For each output y[m][n]: `tot = 0; for each group (ascending): acc = 0; for k in the group
+//! For each output `y[m][n]`: `tot = 0; for each group (ascending): acc = 0; for k in the group
 //! (ascending): acc = fma(x[m][k], q - z, acc); tot = fma(acc, scale, tot)`. Products are
 //! therefore `x * (q - z)` exactly as the reference dequantization `(q - z) * s` is applied, with
 //! the scale factored out of each group's sum. The order does not depend on M, on the tiling or on

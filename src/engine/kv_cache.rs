@@ -148,7 +148,7 @@ struct Block {
 pub enum HeadBlock<'a> {
     /// K transposed `[head_dim][64]`, V `[64][head_dim]`.
     F32 { kt: &'a [f32], v: &'a [f32] },
-    /// Codes of `bits` (8 or 4) in the [`Block`] layout, and `(scale, zero)` per token.
+    /// Codes of `bits` (8 or 4) in the `Block` layout, and `(scale, zero)` per token.
     Quant { bits: u32, kt: &'a [u8], v: &'a [u8], ks: &'a [f16], kz: &'a [f16], vs: &'a [f16], vz: &'a [f16] },
 }
 

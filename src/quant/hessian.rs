@@ -44,7 +44,7 @@ impl Hessian {
         Ok(Hessian { k, h, tokens: x.tokens() })
     }
 
-    /// The matrix in f32 on the device, for [`gram_loss`].
+    /// The matrix in f32 on the device, for `gram_loss`.
     pub fn to_device<B: Backend>(&self, dev: &B::Device) -> Tensor<B, 2> {
         upload(self.h.iter().map(|&v| v as f32).collect(), [self.k, self.k], dev)
     }
