@@ -6,7 +6,7 @@
 #   GOLDENS_MODEL=qwen scripts/goldens.sh [AWQC] [NAME...]  goldens/qwen2.5-coder-0.5b.json
 #   GOLDENS_PROTOCOL=full scripts/goldens.sh [AWQC] [NAME...]  goldens/smollm2-135m-full.json
 #
-# GOLDENS_PROTOCOL (ci, the default, or full: every 2048-token window of wikitext2, about 5 minutes
+# GOLDENS_PROTOCOL (ci, the default, or full: every 2048-token window of wikitext2, 25-50 minutes
 # per SmolLM2 evaluation) picks the `awqc eval --protocol`; full-protocol values go to a file of
 # their own (goldens/<model>-full.json), so CI's ci-protocol goldens stay as they are.
 # Default: every entry; AWQC defaults to target/release/awqc. Needs `make fixtures` (and `make
