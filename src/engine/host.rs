@@ -713,6 +713,18 @@ fn attend_vectors<const R: usize>(blocks: &[(&[f32], &[f32])], d: usize, scale: 
     }
 }
 
+/// Prefetch the 64 floats (four cache lines) of `s` from `at` (nothing past its end).
+#[inline(always)]
+fn prefetch_row(s: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for l in (at..(at + 64).min(s.len())).step_by(16) {
+        // SAFETY: `l` is inside `s`; a prefetch reads nothing architecturally.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(s.as_ptr().add(l) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (s, at);
+}
+
 /// Attention of `R` query vectors `(key count, q [D])` into `out [R, D]`; `sc` is scratch for
 /// `R` rows of scores.
 #[inline(always)]
@@ -724,9 +736,15 @@ fn attend_group<const R: usize>(blocks: &[(&[f32], &[f32])], d: usize, scale: f3
     let nmin = group.iter().map(|v| v.0).min().unwrap_or(0);
     // Scores: one cache block (64 keys) at a time for all R vectors; a vector's scores past its
     // own key count are computed but never read.
-    for (bi, (kt, _)) in blocks.iter().enumerate().take(nmax.div_ceil(B)) {
+    let nblocks = nmax.div_ceil(B);
+    for (bi, (kt, _)) in blocks.iter().enumerate().take(nblocks) {
         let mut acc = [[0f32; B]; R];
+        // While this block's K is read, fetch the next block's K (or the first V block) row by
+        // row: a task reads only a block or two, too little for the hardware prefetcher to
+        // follow, and the cache of a batch is tens of MB (decode waited on these loads).
+        let ahead: &[f32] = if bi + 1 < nblocks { blocks[bi + 1].0 } else { blocks[0].1 };
         for c in 0..d {
+            prefetch_row(ahead, c * B);
             let kr: &[f32; B] = kt[c * B..(c + 1) * B].try_into().expect("a K block is [D][64]");
             for r in 0..R {
                 let qc = group[r].1[c];
@@ -780,6 +798,9 @@ fn attend_group<const R: usize>(blocks: &[(&[f32], &[f32])], d: usize, scale: f3
         let v_row = |j: usize| &blocks[j / B].1[(j % B) * d + c0..(j % B) * d + c0 + w];
         let shared = if w == B { nmin } else { 0 };
         for j in 0..shared {
+            if j + B < nmax {
+                prefetch_row(blocks[j / B + 1].1, (j % B) * d + c0);
+            }
             let vr: &[f32; B] = v_row(j).try_into().expect("V row part");
             for r in 0..R {
                 let p = sc[r * np + j];

@@ -226,7 +226,7 @@ mod avx512 {
             for c in 0..QB / 4 {
                 for j in 0..T {
                     let p = base.add(w.codes_at(t + j, b, c));
-                    _mm_prefetch::<_MM_HINT_T0>(p.add(PREFETCH) as *const i8);
+                    crate::engine::int4_cpu::prefetch_super_tile(p, t + j);
                     // w8 + 128 as unsigned bytes.
                     let u = _mm512_xor_si512(_mm512_loadu_si512(p as *const __m512i), flip);
                     for r in 0..MR {

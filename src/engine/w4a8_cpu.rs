@@ -343,19 +343,53 @@ unsafe fn quantize_row_avx2(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [
     quantize_row_body(x, x8, dx, cz, bsum, group, |xs| unsafe { amax_avx2(xs) })
 }
 
+/// [`quantize_row_body`] with each 32-block in two zmm registers: `vcvtps2dq` rounds to nearest
+/// even exactly as the `ROUND` trick does (|x·id| <= 127.5), so the codes, scales and sums are
+/// the same bits; a batched decode step quantizes 16 rows of every linear's input.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn quantize_row_avx512(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(QB == 32);
+    let nb = group / QB;
+    assert!(x.len() == x8.len() && x.len() == dx.len() * QB && dx.len() == bsum.len() && cz.len() * group == x.len());
+    for (gi, czg) in cz.iter_mut().enumerate() {
+        let mut c = 0f32;
+        for b in gi * nb..(gi + 1) * nb {
+            // SAFETY: block b of x / x8 is in bounds (asserted lengths).
+            let (v0, v1) = (_mm512_loadu_ps(x.as_ptr().add(b * QB)), _mm512_loadu_ps(x.as_ptr().add(b * QB + 16)));
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+            let id = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+            let (q0, q1) = (_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), _mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
+            _mm_storeu_si128(x8.as_mut_ptr().add(b * QB) as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128(x8.as_mut_ptr().add(b * QB + 16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
+            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            dx[b] = amax / 127.0;
+            bsum[b] = sum;
+            c = dx[b].mul_add(sum as f32, c);
+        }
+        *czg = c;
+    }
+}
+
 /// Quantize `x [M, K]` for weights of group size `group` (a multiple of 32 dividing K).
 pub fn quantize_rows(x: &[f32], m: usize, k: usize, group: usize) -> Q8Rows {
     assert!(supports_group(group) && k.is_multiple_of(group) && x.len() == m * k, "quantize_rows: [{m}, {k}] with group {group}, {} values", x.len());
     let (mut x8, mut dx, mut cz, mut bsum) = (vec![0i8; m * k], vec![0f32; m * k / QB], vec![0f32; m * k / group], vec![0i32; m * k / QB]);
-    let simd = has(Isa::Avx2);
+    let (simd, zmm) = (has(Isa::Avx2), has(Isa::Avx512Vnni));
     type Row<'a> = ((((&'a [f32], &'a mut [i8]), &'a mut [f32]), &'a mut [f32]), &'a mut [i32]);
     let row = |((((xr, x8r), dxr), czr), bs): Row| {
+        #[cfg(target_arch = "x86_64")]
+        if zmm {
+            // SAFETY: AVX-512 F/BW/VL, AVX2 and FMA were detected; the same bits (see the copy).
+            return unsafe { quantize_row_avx512(xr, x8r, dxr, czr, bs, group) };
+        }
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: AVX2 and FMA were detected; the body is the same code (same bits).
             return unsafe { quantize_row_avx2(xr, x8r, dxr, czr, bs, group) };
         }
-        let _ = simd;
+        let _ = (simd, zmm);
         quantize_row_body(xr, x8r, dxr, czr, bs, group, amax_bits)
     };
     if k > 0 {
@@ -560,7 +594,7 @@ mod avx512 {
                     let k0 = gi * g + 8 * c;
                     for j in 0..T {
                         let p = base.add(w.codes_at(t + j, gi, c));
-                        _mm_prefetch::<_MM_HINT_T0>(p.add(PREFETCH) as *const i8);
+                        crate::engine::int4_cpu::prefetch_super_tile(p, t + j);
                         let v = _mm512_loadu_si512(p as *const __m512i);
                         let lo = _mm512_and_si512(v, mask);
                         let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
@@ -836,6 +870,37 @@ mod tests {
         }
         // All-zero block: codes 0, scale 0.
         assert!(a.x8[QB..2 * QB].iter().all(|&q| q == 0) && a.dx[1] == 0.0);
+    }
+
+    #[test]
+    fn every_activation_quantizer_copy_gives_the_portable_bits() {
+        let mut rng = Rng(13);
+        let (k, g) = (384, 64);
+        let mut x = random_x(&mut rng, 1, k);
+        // A zero block, a block with a single value, ties at .5 after scaling, tiny values.
+        x[32..64].iter_mut().for_each(|v| *v = 0.0);
+        x[64..96].iter_mut().enumerate().for_each(|(i, v)| *v = if i == 5 { -3.0 } else { 0.0 });
+        x[96..128].iter_mut().enumerate().for_each(|(i, v)| *v = if i == 0 { 127.0 } else { i as f32 - 15.5 });
+        x[128..160].iter_mut().for_each(|v| *v *= 1e-30);
+        type Copy<'a> = &'a dyn Fn(&[f32], &mut [i8], &mut [f32], &mut [f32], &mut [i32]);
+        let run = |f: Copy| {
+            let (mut x8, mut dx, mut cz, mut bs) = (vec![0i8; k], vec![0f32; k / QB], vec![0f32; k / g], vec![0i32; k / QB]);
+            f(&x, &mut x8, &mut dx, &mut cz, &mut bs);
+            (x8, dx.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), cz.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), bs)
+        };
+        let want = run(&|x, a, b, c, d| quantize_row_body(x, a, b, c, d, g, amax_bits));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has(Isa::Avx2) {
+                // SAFETY: AVX2 / FMA detected.
+                assert_eq!(run(&|x, a, b, c, d| unsafe { quantize_row_avx2(x, a, b, c, d, g) }), want, "AVX2 copy");
+            }
+            if has(Isa::Avx512Vnni) {
+                // SAFETY: AVX-512 F/BW/VL detected.
+                assert_eq!(run(&|x, a, b, c, d| unsafe { quantize_row_avx512(x, a, b, c, d, g) }), want, "AVX-512 copy");
+            }
+        }
+        assert!(want.0.iter().any(|&q| q == 127 || q == -127));
     }
 
     #[test]
