@@ -74,8 +74,8 @@ pub(crate) const PREFETCH: usize = 2048;
 /// Their batch kernels walk one tile at a time, 256 bytes a step (the 4 tiles of a super-tile are
 /// interleaved per chunk), so a prefetch of its own line alone leaves the other three tiles'
 /// lines to demand misses when their passes come. The pass over a super-tile's first tile fetches
-/// the chunk's lines of all four, `2 · PREFETCH` ahead (batch 16: 13% faster decode steps on
-/// "dev-xeon", BENCHMARKS.md).
+/// the chunk's lines of all four, `2 · PREFETCH` ahead (BENCHMARKS.md, "Batched decode:
+/// prefetching the super-tile"). The AVX2 copies keep the per-tile prefetch: not measured there.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) unsafe fn prefetch_super_tile(p: *const u8, tile: usize) {

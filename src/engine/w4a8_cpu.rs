@@ -309,67 +309,74 @@ unsafe fn amax_avx2(xs: &[f32]) -> f32 {
     a.max(amax_bits(ch.remainder()))
 }
 
-/// One row: `x [K]` into `x8`, `dx`, `cz` (module comment: arithmetic); `amax_of` is
-/// [`amax_bits`] or a SIMD copy of it.
+/// One 32-block `xs` into its codes `q` given its max |x|; returns `(amax, Σ q)`.
 #[inline(always)]
-fn quantize_row_body(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize, amax_of: impl Fn(&[f32]) -> f32) {
+fn quantize_block(xs: &[f32], q: &mut [i8], amax: f32) -> (f32, i32) {
+    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in q.iter_mut().zip(xs) {
+        // v·id + ROUND is 1.5·2^23 + r exactly, r in [-127, 127]: r sits in the low
+        // mantissa bits (an integer subtraction vectorizes; `as i32` saturates per lane).
+        let r = ((v * id + ROUND).to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+        *q = r as i8;
+        sum += r;
+    }
+    (amax, sum)
+}
+
+/// One row: `x [K]` into `x8`, `dx`, `cz` (module comment: arithmetic); `block` quantizes one
+/// 32-block ([`quantize_block`] with [`amax_bits`] or a SIMD copy: the same bits).
+#[inline(always)]
+fn quantize_row_body(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize, block: impl Fn(&[f32], &mut [i8]) -> (f32, i32)) {
     let nb = group / QB;
     for (gi, czg) in cz.iter_mut().enumerate() {
         let mut c = 0f32;
         for b in gi * nb..(gi + 1) * nb {
-            let xs = &x[b * QB..(b + 1) * QB];
-            let amax = amax_of(xs);
-            let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in x8[b * QB..(b + 1) * QB].iter_mut().zip(xs) {
-                // v·id + ROUND is 1.5·2^23 + r exactly, r in [-127, 127]: r sits in the low
-                // mantissa bits (an integer subtraction vectorizes; `as i32` saturates per lane).
-                let r = ((v * id + ROUND).to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-                *q = r as i8;
-                sum += r;
-            }
+            let (amax, sum) = block(&x[b * QB..(b + 1) * QB], &mut x8[b * QB..(b + 1) * QB]);
             dx[b] = amax / 127.0;
             bsum[b] = sum;
             c = dx[b].mul_add(sum as f32, c);
         }
         *czg = c;
     }
+}
+
+/// The portable row quantizer.
+fn quantize_row_portable(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize) {
+    quantize_row_body(x, x8, dx, cz, bsum, group, |xs, q| quantize_block(xs, q, amax_bits(xs)))
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_row_avx2(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize) {
     // SAFETY: this copy runs only where AVX2 was detected.
-    quantize_row_body(x, x8, dx, cz, bsum, group, |xs| unsafe { amax_avx2(xs) })
+    quantize_row_body(x, x8, dx, cz, bsum, group, |xs, q| quantize_block(xs, q, unsafe { amax_avx2(xs) }))
 }
 
-/// [`quantize_row_body`] with each 32-block in two zmm registers: `vcvtps2dq` rounds to nearest
-/// even exactly as the `ROUND` trick does (|x·id| <= 127.5), so the codes, scales and sums are
-/// the same bits; a batched decode step quantizes 16 rows of every linear's input.
+/// [`quantize_block`] in two zmm registers: `vcvtps2dq` rounds to nearest even exactly as the
+/// `ROUND` trick does (|x·id| <= 127.5), so the codes and sums are the same bits; a batched
+/// decode step quantizes 16 rows of every linear's input.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+unsafe fn quantize_block_avx512(xs: &[f32], q: &mut [i8]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    assert!(xs.len() == QB && q.len() == QB && QB == 32, "one 32-block");
+    // SAFETY (loads, stores): both slices hold 32 elements (asserted).
+    let (v0, v1) = (_mm512_loadu_ps(xs.as_ptr()), _mm512_loadu_ps(xs.as_ptr().add(16)));
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    let id = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+    let (q0, q1) = (_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), _mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
+    _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
+    (amax, _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)))
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 unsafe fn quantize_row_avx512(x: &[f32], x8: &mut [i8], dx: &mut [f32], cz: &mut [f32], bsum: &mut [i32], group: usize) {
-    use std::arch::x86_64::*;
-    const _: () = assert!(QB == 32);
-    let nb = group / QB;
-    assert!(x.len() == x8.len() && x.len() == dx.len() * QB && dx.len() == bsum.len() && cz.len() * group == x.len());
-    for (gi, czg) in cz.iter_mut().enumerate() {
-        let mut c = 0f32;
-        for b in gi * nb..(gi + 1) * nb {
-            // SAFETY: block b of x / x8 is in bounds (asserted lengths).
-            let (v0, v1) = (_mm512_loadu_ps(x.as_ptr().add(b * QB)), _mm512_loadu_ps(x.as_ptr().add(b * QB + 16)));
-            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-            let id = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
-            let (q0, q1) = (_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), _mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
-            _mm_storeu_si128(x8.as_mut_ptr().add(b * QB) as *mut __m128i, _mm512_cvtepi32_epi8(q0));
-            _mm_storeu_si128(x8.as_mut_ptr().add(b * QB + 16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
-            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-            dx[b] = amax / 127.0;
-            bsum[b] = sum;
-            c = dx[b].mul_add(sum as f32, c);
-        }
-        *czg = c;
-    }
+    // SAFETY: this copy runs only where AVX-512 F/BW/VL was detected.
+    quantize_row_body(x, x8, dx, cz, bsum, group, |xs, q| unsafe { quantize_block_avx512(xs, q) })
 }
 
 /// Quantize `x [M, K]` for weights of group size `group` (a multiple of 32 dividing K).
@@ -390,7 +397,7 @@ pub fn quantize_rows(x: &[f32], m: usize, k: usize, group: usize) -> Q8Rows {
             return unsafe { quantize_row_avx2(xr, x8r, dxr, czr, bs, group) };
         }
         let _ = (simd, zmm);
-        quantize_row_body(xr, x8r, dxr, czr, bs, group, amax_bits)
+        quantize_row_portable(xr, x8r, dxr, czr, bs, group)
     };
     if k > 0 {
         if m >= 8 {
@@ -888,7 +895,7 @@ mod tests {
             f(&x, &mut x8, &mut dx, &mut cz, &mut bs);
             (x8, dx.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), cz.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), bs)
         };
-        let want = run(&|x, a, b, c, d| quantize_row_body(x, a, b, c, d, g, amax_bits));
+        let want = run(&|x, a, b, c, d| quantize_row_portable(x, a, b, c, d, g));
         #[cfg(target_arch = "x86_64")]
         {
             if has(Isa::Avx2) {
