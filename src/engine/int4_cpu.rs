@@ -70,12 +70,12 @@ pub(crate) const SR: usize = NR * ST;
 /// Software prefetch distance (bytes ahead in the weight stream) of the x86 kernels.
 pub(crate) const PREFETCH: usize = 2048;
 
-/// Prefetch for the AVX-512 W4A8 / q8 kernels, `p` being tile `tile`'s 64 bytes of one chunk.
+/// Prefetch for the W4A8 / q8 kernels (AVX-512 and AVX2), `p` being tile `tile`'s 64 bytes of one chunk.
 /// Their batch kernels walk one tile at a time, 256 bytes a step (the 4 tiles of a super-tile are
 /// interleaved per chunk), so a prefetch of its own line alone leaves the other three tiles'
 /// lines to demand misses when their passes come. The pass over a super-tile's first tile fetches
 /// the chunk's lines of all four, `2 · PREFETCH` ahead (BENCHMARKS.md, "Batched decode:
-/// prefetching the super-tile"). The AVX2 copies keep the per-tile prefetch: not measured there.
+/// prefetching the super-tile", and "Batched decode on AVX2").
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) unsafe fn prefetch_super_tile(p: *const u8, tile: usize) {

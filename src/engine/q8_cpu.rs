@@ -19,7 +19,7 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use crate::engine::int4_cpu::{drive, store_row, SyncPtr, NR, PREFETCH, SR, ST};
+use crate::engine::int4_cpu::{drive, store_row, SyncPtr, NR, SR, ST};
 use crate::engine::w4a8_cpu::{available, detected, has, Isa, Q8Rows, QB};
 use half::f16;
 use rayon::prelude::*;
@@ -178,7 +178,7 @@ mod avx2 {
             for c in 0..QB / 4 {
                 for j in 0..T {
                     let p = base.add(w.codes_at(t + j, b, c));
-                    _mm_prefetch::<_MM_HINT_T0>(p.add(PREFETCH) as *const i8);
+                    crate::engine::int4_cpu::prefetch_super_tile(p, t + j);
                     for h in 0..2 {
                         let v = _mm256_loadu_si256(p.add(32 * h) as *const __m256i);
                         let av = _mm256_abs_epi8(v);

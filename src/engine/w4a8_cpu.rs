@@ -47,7 +47,7 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use crate::engine::int4_cpu::{check_layer, drive, store_row, SyncPtr, NR, PREFETCH, SR, ST};
+use crate::engine::int4_cpu::{check_layer, drive, store_row, SyncPtr, NR, SR, ST};
 use crate::engine::team::SendPtr;
 use crate::error::{Error, Result};
 use crate::quant::int4::QuantizedLinear;
@@ -56,16 +56,21 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// The tile loop of an AVX2 copy (`kernel::<MR, T>(w, t, a, m, y)`): 4 tiles at a time while they
-/// last, rows in chunks of at most 2 (16 ymm registers).
+/// last, rows in chunks of at most 4. At 4 rows the 16 ymm registers do not hold every sum; the
+/// compiler keeps the block sums of the inner loop and spills group sums, and each unpacked weight
+/// vector serves twice the rows it did at 2 (gate/up at M = 16 about 1.4x faster, BENCHMARKS.md
+/// "Batched decode on AVX2").
 macro_rules! avx2_tiles {
     ($kernel:ident, $w:expr, $a:expr, $m0:expr, $m1:expr, $t0:expr, $t1:expr, $y:expr) => {{
         let mut t = $t0;
         while t < $t1 {
             let four = t + 4 <= $t1;
-            for (m, mr) in crate::engine::int4_cpu::row_chunks($m0, $m1, 2) {
+            for (m, mr) in crate::engine::int4_cpu::row_chunks($m0, $m1, 4) {
                 match (four, mr) {
+                    (true, 4) => (0..4).for_each(|j| $kernel::<4, 1>($w, t + j, $a, m, $y)),
                     (true, 2) => (0..4).for_each(|j| $kernel::<2, 1>($w, t + j, $a, m, $y)),
                     (true, _) => (0..2).for_each(|j| $kernel::<1, 2>($w, t + 2 * j, $a, m, $y)),
+                    (false, 4) => $kernel::<4, 1>($w, t, $a, m, $y),
                     (false, 2) => $kernel::<2, 1>($w, t, $a, m, $y),
                     (false, _) => $kernel::<1, 1>($w, t, $a, m, $y),
                 }
@@ -529,7 +534,7 @@ mod avx2 {
                     let k0 = gi * g + 8 * c;
                     for j in 0..T {
                         let p = base.add(w.codes_at(t + j, gi, c));
-                        _mm_prefetch::<_MM_HINT_T0>(p.add(PREFETCH) as *const i8);
+                        crate::engine::int4_cpu::prefetch_super_tile(p, t + j);
                         for h in 0..2 {
                             let v = _mm256_loadu_si256(p.add(32 * h) as *const __m256i);
                             let lo = _mm256_and_si256(v, mask);
