@@ -56,10 +56,10 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// The tile loop of an AVX2 copy (`kernel::<MR, T>(w, t, a, m, y)`): 4 tiles at a time while they
-/// last, rows in chunks of at most 4. At 4 rows the 16 ymm registers do not hold every sum; the
-/// compiler keeps the block sums of the inner loop and spills group sums, and each unpacked weight
-/// vector serves twice the rows it did at 2 (gate/up at M = 16 about 1.4x faster, BENCHMARKS.md
-/// "Batched decode on AVX2").
+/// last, rows in chunks of at most 4. At 4 rows the 16 ymm registers no longer hold every sum
+/// (some go to the stack), but each unpacked weight vector serves twice the rows it did at 2 and
+/// a batch walks each super-tile half as often: the batch-16 decode step was 8% faster than at 2
+/// rows, though the one-layer kernel rows did not show it (BENCHMARKS.md, "Batched decode on AVX2").
 macro_rules! avx2_tiles {
     ($kernel:ident, $w:expr, $a:expr, $m0:expr, $m1:expr, $t0:expr, $t1:expr, $y:expr) => {{
         let mut t = $t0;
