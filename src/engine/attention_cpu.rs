@@ -14,10 +14,15 @@ pub fn exp_neg(x: f32) -> f32 {
     let x = x.max(-87.0);
     // Round to nearest (ties to even) with 1.5·2^23: plain float adds, so the function
     // vectorizes (`round()` is a libm call without SSE4.1).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    const ROUND: f32 = 12_582_912.0;
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // n as an integer, read off t's low mantissa bits (t = 1.5·2^23 + n exactly, n in [-126, 0]):
+    // `n as i32` is the same value, but its saturating conversion kept LLVM from vectorizing.
+    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let bits = ((ni + 127) as u32) << 23;
     p * f32::from_bits(bits)
 }
 
@@ -154,19 +159,53 @@ fn silu_times(g: f32, u: f32) -> f32 {
     g * sig * u
 }
 
+/// `o = silu(g) * u` elementwise: the scalar loop, compiled once per instruction set below.
+#[inline(always)]
+fn silu_mul_body(g: &[f32], u: &[f32], o: &mut [f32]) {
+    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+        *o = silu_times(g, u);
+    }
+}
+
+/// [`silu_mul_body`] in the widest vectors this CPU has. Rust never contracts `a * b + c` into
+/// an FMA, so every copy computes the same bits; only the lane count differs (the portable
+/// build gets SSE2, where the exp polynomial ran 4 lanes at a time, when it vectorized at all:
+/// a batch-16 decode step spent 6% of its time here on an AVX-512 machine, BENCHMARKS.md).
+fn silu_mul_into(g: &[f32], u: &[f32], o: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was detected.
+            return unsafe { silu_mul_avx512(g, u, o) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was detected.
+            return unsafe { silu_mul_avx2(g, u, o) };
+        }
+    }
+    silu_mul_body(g, u, o)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn silu_mul_avx512(g: &[f32], u: &[f32], o: &mut [f32]) {
+    silu_mul_body(g, u, o)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn silu_mul_avx2(g: &[f32], u: &[f32], o: &mut [f32]) {
+    silu_mul_body(g, u, o)
+}
+
 /// `silu(g) * u` elementwise (SwiGLU).
 pub fn silu_mul(g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; g.len()];
-    let chunk = |((o, g), u): ((&mut [f32], &[f32]), &[f32])| {
-        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = silu_times(g, u);
-        }
-    };
     // One chunk (a decode step's few rows) runs on the calling thread.
     if g.len() <= 1 << 14 {
-        chunk(((&mut out[..], g), u));
+        silu_mul_into(g, u, &mut out);
     } else {
-        crate::engine::team::par_chunks_mut(&mut out, 1 << 14, |i, o| chunk(((o, &g[i << 14..]), &u[i << 14..])));
+        crate::engine::team::par_chunks_mut(&mut out, 1 << 14, |i, o| silu_mul_into(&g[i << 14..], &u[i << 14..], o));
     }
     out
 }
@@ -177,9 +216,7 @@ pub fn silu_mul_rows(gu: &[f32], i: usize) -> Vec<f32> {
     let mut out = vec![0f32; gu.len() / 2];
     let row = |r: usize, o: &mut [f32]| {
         let (g, u) = gu[r * 2 * i..(r + 1) * 2 * i].split_at(i);
-        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = silu_times(g, u);
-        }
+        silu_mul_into(g, u, o)
     };
     if out.len() <= 1 << 14 {
         out.chunks_mut(i).enumerate().for_each(|(r, o)| row(r, o));
@@ -192,6 +229,27 @@ pub fn silu_mul_rows(gu: &[f32], i: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The integer read off `t`'s bits is `n as i32` (what the function computed before): the
+    /// same bits on every input of the domain and at the clamp.
+    #[test]
+    fn exp_neg_gives_the_bits_of_the_saturating_cast() {
+        let old = |x: f32| {
+            let x = x.max(-87.0);
+            let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+            let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+            let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+            p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        };
+        let mut x = -100.0f32;
+        while x <= 0.0 {
+            assert_eq!(exp_neg(x).to_bits(), old(x).to_bits(), "x = {x}");
+            x += 0.000_731;
+        }
+        for x in [0.0, -0.0, -87.0, -86.999_99, f32::MIN, -f32::MIN_POSITIVE] {
+            assert_eq!(exp_neg(x).to_bits(), old(x).to_bits(), "x = {x}");
+        }
+    }
 
     #[test]
     fn exp_neg_is_accurate() {
@@ -217,6 +275,25 @@ mod tests {
             gu.chunks(2 * i).flat_map(|r| r[i..].to_vec()).collect(),
         );
         assert_eq!(silu_mul_rows(&gu, i), silu_mul(&g, &u));
+    }
+
+    /// The SIMD copies run the portable loop's operations in the same order: the same bits on
+    /// every input, the exp clamp (-87), both signs, zeros and a ragged tail included.
+    #[test]
+    fn every_silu_copy_gives_the_portable_bits() {
+        let g: Vec<f32> = (0..4099).map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * if i % 7 == 0 { 300.0 } else { 24.0 }).chain([0.0, -0.0, 88.0, -88.0, 1e-30]).collect();
+        let u: Vec<f32> = (0..g.len()).map(|i| ((i as f32 * 0.414_213_5).fract() - 0.5) * 6.0).collect();
+        let mut want = vec![0f32; g.len()];
+        silu_mul_body(&g, &u, &mut want);
+        let mut got = vec![0f32; g.len()];
+        silu_mul_into(&g, &u, &mut got);
+        assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was detected.
+            unsafe { silu_mul_avx2(&g, &u, &mut got) };
+            assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
     }
 
     #[test]
