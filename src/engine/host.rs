@@ -558,6 +558,7 @@ impl HostLlama {
             first[i + 1] = first[i] + it.tokens.len();
         }
         let seqs: Vec<&SeqState> = items.iter().map(|it| &*it.seq).collect();
+        let pos: Vec<usize> = rows.iter().map(|r| r.1).collect();
         let scale = 1.0 / (d as f32).sqrt();
         let mut x = self.embed_rows(&ids);
         // RoPE's (cos, sin) per row, `[M, D/2]`: the same for every layer and head.
@@ -578,10 +579,8 @@ impl HostLlama {
             } else {
                 crate::engine::team::par_chunks_mut(&mut qkv, wd, rope_row);
             }
-            for (r, &(i, p)) in rows.iter().enumerate() {
-                let row = &qkv[r * wd..(r + 1) * wd];
-                cache.write(seqs[i], li, p, &row[qd..qd + kd], &row[qd + kd..]);
-            }
+            let qkv_ref = &qkv;
+            cache.write_rows(li, &seqs, &first, &pos, |r| (&qkv_ref[r * wd + qd..r * wd + qd + kd], &qkv_ref[r * wd + qd + kd..(r + 1) * wd]));
             // Attention: one task per (item, KV head, chunk of ATT_ROWS rows) reads that head's
             // K/V in the cache and serves the G query heads of its rows (so a long prompt's rows
             // spread over the threads); row at position p sees keys 0..=p. Tasks are taken from

@@ -213,6 +213,69 @@ impl<'a> HeadBlock<'a> {
     }
 }
 
+/// Prefetch, with intent to write, the lines of `buf[first + i·stride]` for `i < n`.
+#[inline(always)]
+fn prefetch_for_write<T>(buf: &[T], first: usize, stride: usize, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for i in 0..n {
+        // SAFETY: a prefetch never faults and reads nothing architecturally.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(buf.as_ptr().wrapping_add(first + i * stride) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (buf, first, stride, n);
+}
+
+/// Store layer `layer`'s K and V rows `[kv_heads·head_dim]` at token `t` of block `b`
+/// (`pv` values per layer in the block).
+fn write_block(l: CacheLayout, pv: usize, b: &mut Block, layer: usize, t: usize, k: &[f32], v: &[f32]) {
+    let d = l.head_dim;
+    // Each K value of a token goes to its own cache line (K is stored transposed), and a batch's
+    // step has evicted those lines since the token before: ask for all of them first, so the
+    // misses overlap instead of draining through the store buffer one by one.
+    for h in 0..l.kv_heads {
+        let kt = layer * pv + h * BLOCK_LEN * d;
+        match l.policy {
+            QuantPolicy::None => prefetch_for_write(&b.kf, kt + t, BLOCK_LEN, d),
+            QuantPolicy::Int8 => prefetch_for_write(&b.kq, kt + t, BLOCK_LEN, d),
+            QuantPolicy::Int4 => prefetch_for_write(&b.kq, kt / 2 + t % (BLOCK_LEN / 2), BLOCK_LEN / 2, d),
+        }
+    }
+    for h in 0..l.kv_heads {
+        // V row (and int8/int4 V codes) at [h][t][..]; K column at [h][..][t].
+        let off = layer * pv + (h * BLOCK_LEN + t) * d;
+        let kt = layer * pv + h * BLOCK_LEN * d;
+        let pidx = (layer * l.kv_heads + h) * BLOCK_LEN + t;
+        let (kr, vr) = (&k[h * d..(h + 1) * d], &v[h * d..(h + 1) * d]);
+        let Some(bits) = l.policy.bits() else {
+            for (c, &x) in kr.iter().enumerate() {
+                b.kf[kt + t + c * BLOCK_LEN] = x;
+            }
+            b.vf[off..off + d].copy_from_slice(vr);
+            continue;
+        };
+        let (q, s, z) = quantize_row(kr, bits);
+        (b.ks[pidx], b.kz[pidx]) = (s, z);
+        if bits == 8 {
+            for (c, &x) in q.iter().enumerate() {
+                b.kq[kt + t + c * BLOCK_LEN] = x;
+            }
+        } else {
+            let shift = 4 * (t / (BLOCK_LEN / 2));
+            for (c, &x) in q.iter().enumerate() {
+                let byte = &mut b.kq[(kt + c * BLOCK_LEN) / 2 + t % (BLOCK_LEN / 2)];
+                *byte = (*byte & !(15 << shift)) | ((x & 15) << shift);
+            }
+        }
+        let (q, s, z) = quantize_row(vr, bits);
+        (b.vs[pidx], b.vz[pidx]) = (s, z);
+        if bits == 8 {
+            b.vq[off..off + d].copy_from_slice(&q);
+        } else {
+            pack4(&mut b.vq[off / 2..(off + d) / 2], &q);
+        }
+    }
+}
+
 /// The block pool and block tables of the sequences using it.
 pub struct KvCache {
     pub layout: CacheLayout,
@@ -342,44 +405,32 @@ impl KvCache {
     /// the `kv_append` kernel).
     pub fn write(&mut self, seq: &SeqState, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let l = self.layout;
-        let d = l.head_dim;
-        let pv = self.per_layer_values();
-        let b = &mut self.blocks[seq.blocks[pos / BLOCK_LEN]];
-        let t = pos % BLOCK_LEN;
-        for h in 0..l.kv_heads {
-            // V row (and int8/int4 V codes) at [h][t][..]; K column at [h][..][t].
-            let off = layer * pv + (h * BLOCK_LEN + t) * d;
-            let kt = layer * pv + h * BLOCK_LEN * d;
-            let pidx = (layer * l.kv_heads + h) * BLOCK_LEN + t;
-            let (kr, vr) = (&k[h * d..(h + 1) * d], &v[h * d..(h + 1) * d]);
-            let Some(bits) = l.policy.bits() else {
-                for (c, &x) in kr.iter().enumerate() {
-                    b.kf[kt + t + c * BLOCK_LEN] = x;
-                }
-                b.vf[off..off + d].copy_from_slice(vr);
-                continue;
-            };
-            let (q, s, z) = quantize_row(kr, bits);
-            (b.ks[pidx], b.kz[pidx]) = (s, z);
-            if bits == 8 {
-                for (c, &x) in q.iter().enumerate() {
-                    b.kq[kt + t + c * BLOCK_LEN] = x;
-                }
-            } else {
-                let shift = 4 * (t / (BLOCK_LEN / 2));
-                for (c, &x) in q.iter().enumerate() {
-                    let byte = &mut b.kq[(kt + c * BLOCK_LEN) / 2 + t % (BLOCK_LEN / 2)];
-                    *byte = (*byte & !(15 << shift)) | ((x & 15) << shift);
-                }
+        write_block(l, self.per_layer_values(), &mut self.blocks[seq.blocks[pos / BLOCK_LEN]], layer, pos % BLOCK_LEN, k, v);
+    }
+
+    /// [`KvCache::write`] for one layer's rows of several sequences, in parallel over the
+    /// sequences: sequence `i` gets rows `first[i]..first[i + 1]`, row `r` at position `pos[r]`
+    /// with K/V `kv(r)`. Host caches only.
+    ///
+    /// A K row is a column of the transposed block (64 stores a cache line apart per KV head),
+    /// so a batch's writes wait on memory; one thread doing all of them was 8% of a batch-16
+    /// decode step on a 2-core machine (BENCHMARKS.md).
+    pub fn write_rows<'a>(&mut self, layer: usize, seqs: &[&SeqState], first: &[usize], pos: &[usize], kv: impl Fn(usize) -> (&'a [f32], &'a [f32]) + Sync) {
+        assert!(first.len() == seqs.len() + 1 && first[seqs.len()] <= pos.len(), "write_rows: {} sequences, {} bounds, {} positions", seqs.len(), first.len(), pos.len());
+        let (l, pv) = (self.layout, self.per_layer_values());
+        let n_blocks = self.blocks.len();
+        let blocks = crate::engine::team::SendPtr(self.blocks.as_mut_ptr());
+        crate::engine::team::par_for(seqs.len(), |i| {
+            for r in first[i]..first[i + 1] {
+                let bi = seqs[i].blocks[pos[r] / BLOCK_LEN];
+                assert!(bi < n_blocks, "write_rows: block {bi} of {n_blocks}");
+                // SAFETY: `bi` is in bounds (asserted); a block belongs to one sequence's table
+                // (`reserve` hands each out once, `release` takes it back), so no other task
+                // touches it, and `self` is borrowed mutably for the whole loop.
+                let (k, v) = kv(r);
+                write_block(l, pv, unsafe { &mut *blocks.get().add(bi) }, layer, pos[r] % BLOCK_LEN, k, v);
             }
-            let (q, s, z) = quantize_row(vr, bits);
-            (b.vs[pidx], b.vz[pidx]) = (s, z);
-            if bits == 8 {
-                b.vq[off..off + d].copy_from_slice(&q);
-            } else {
-                pack4(&mut b.vq[off / 2..(off + d) / 2], &q);
-            }
-        }
+        });
     }
 
     /// K and V of (layer, kv head) for positions `0..n`, one [`HeadBlock`] per block of
