@@ -137,7 +137,7 @@ class Target:
             c.close()
 
 
-def one_request(target, model, prompt, max_tokens, timeout, include_usage=True):
+def one_request(target, model, prompt, max_tokens, timeout, include_usage=True, extra_body=None):
     """Send one streaming chat completion; return a dict of timings (never raises)."""
     body = {
         "model": model,
@@ -148,6 +148,7 @@ def one_request(target, model, prompt, max_tokens, timeout, include_usage=True):
     }
     if include_usage:
         body["stream_options"] = {"include_usage": True}
+    body.update(extra_body or {})
     res = {"ok": False, "error": None, "ttft": None, "chunk_times": [], "usage_tokens": None,
            "chunks": 0, "finish_reason": None, "chars": 0}
     t0 = time.perf_counter()
@@ -219,7 +220,7 @@ def one_request(target, model, prompt, max_tokens, timeout, include_usage=True):
             pass
 
 
-def run_level(target, model, prompts, conc, n, max_tokens, timeout, prompt_offset, include_usage):
+def run_level(target, model, prompts, conc, n, max_tokens, timeout, prompt_offset, include_usage, extra_body=None):
     jobs = queue.Queue()
     for i in range(n):
         jobs.put(prompts[(prompt_offset + i) % len(prompts)])
@@ -232,7 +233,7 @@ def run_level(target, model, prompts, conc, n, max_tokens, timeout, prompt_offse
                 p = jobs.get_nowait()
             except queue.Empty:
                 return
-            r = one_request(target, model, p, max_tokens, timeout, include_usage)
+            r = one_request(target, model, p, max_tokens, timeout, include_usage, extra_body)
             with lock:
                 results.append(r)
 
@@ -333,6 +334,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=180.0, help="deadline of one request in seconds")
     ap.add_argument("--warmup", type=int, default=1, help="untimed requests before the first level")
     ap.add_argument("--no-usage", action="store_true", help="do not ask for stream_options.include_usage")
+    ap.add_argument("--extra-body", default="", metavar="JSON",
+                    help='fields merged into every request body, e.g. \'{"cache_prompt": false}\' for llama-server')
     ap.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", ""))
     ap.add_argument("--json-out", help="write the results as JSON here")
     ap.add_argument("--table", nargs="+", metavar="JSON", help="only print one table from saved --json-out files")
@@ -356,20 +359,25 @@ def main():
         except Exception as e:
             raise SystemExit(f"--model not given and GET /v1/models failed: {e}")
     prompts = load_prompts(a.prompts)
+    try:
+        extra_body = json.loads(a.extra_body) if a.extra_body else {}
+        assert isinstance(extra_body, dict)
+    except (ValueError, AssertionError):
+        raise SystemExit(f"--extra-body {a.extra_body!r}: expected a JSON object")
     levels = [int(x) for x in a.concurrency.split(",") if x.strip()]
     label = a.label or model
     print(f"bench-serve: {a.url} model={model} levels={levels} max_tokens={a.max_tokens} "
           f"prompts={a.prompts} ({len(prompts)})", file=sys.stderr)
 
     for i in range(a.warmup):
-        r = one_request(target, model, prompts[i % len(prompts)], a.max_tokens, a.timeout, not a.no_usage)
+        r = one_request(target, model, prompts[i % len(prompts)], a.max_tokens, a.timeout, not a.no_usage, extra_body)
         if not r["ok"]:
             print(f"bench-serve: warmup request failed: {r['error']}", file=sys.stderr)
 
     out_levels = []
     for c in levels:
         n = a.requests_per_level or max(8, 2 * c)
-        lv = run_level(target, model, prompts, c, n, a.max_tokens, a.timeout, 0, not a.no_usage)
+        lv = run_level(target, model, prompts, c, n, a.max_tokens, a.timeout, 0, not a.no_usage, extra_body)
         out_levels.append(lv)
         print(f"bench-serve: conc={c} n={n} ok={lv['ok']} err={lv['errors']} wall={lv['wall_s']}s "
               f"out={lv['output_tok_s']} tok/s ttft_p50={lv['ttft_ms_p50']}ms itl_p50={lv['itl_ms_p50']}ms"
@@ -377,7 +385,7 @@ def main():
 
     run = {
         "label": label, "url": a.url, "model": model, "max_tokens": a.max_tokens, "prompts": a.prompts,
-        "n_prompts": len(prompts), "temperature": 0, "stream_options_include_usage": not a.no_usage,
+        "n_prompts": len(prompts), "temperature": 0, "stream_options_include_usage": not a.no_usage, "extra_body": extra_body,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "levels": out_levels,
     }
     if a.json_out:

@@ -10,6 +10,10 @@
 #        QUIET_WAIT=300 (most seconds to wait for idle CPUs before each server is benchmarked)
 #        SERVERS=llama,awqc (which servers to run: SERVERS=awqc benchmarks awqc serve alone, without
 #        building or starting llama.cpp)
+#        LLAMA_PROMPT_CACHE=1 (0 sends "cache_prompt": false with every llama-server request: each
+#        level reuses the prompts of the level before, and llama-server's slots keep the KV of a
+#        prompt they served, so with its cache on it skips most of the prefill of a repeated
+#        prompt; awqc serve has no prefix cache)
 #
 # llama-server: -t THREADS -np SLOTS -c SLOTS*CTX_PER_SLOT (one KV cell range of CTX_PER_SLOT per slot:
 # -np given explicitly turns the unified KV buffer off), continuous batching -cb (its default, made
@@ -33,6 +37,7 @@ OUT_DIR=${OUT_DIR:-out/bench-serve}
 TIMEOUT=${TIMEOUT:-180}
 READY_TIMEOUT=${READY_TIMEOUT:-180}
 SERVERS=${SERVERS:-llama,awqc}
+LLAMA_PROMPT_CACHE=${LLAMA_PROMPT_CACHE:-1}
 
 say() { echo "bench-serve.sh: $*" >&2; }
 die() { echo "bench-serve.sh: ERROR: $*" >&2; exit 1; }
@@ -81,12 +86,13 @@ wait_quiet() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
-bench() { # label url model json
+bench() { # label url model json [extra body]
   wait_quiet
   say "CPUs ${LAST_IDLE}% idle before benchmarking $1"
   local args=(--url "$2" --model "$3" --label "$1" --concurrency "$LEVELS" --max-tokens "$MAX_TOKENS"
               --prompts "$PROMPTS" --timeout "$TIMEOUT" --json-out "$4")
   [ "$REQUESTS" != 0 ] && args+=(--requests-per-level "$REQUESTS")
+  [ -n "${5:-}" ] && args+=(--extra-body "$5")
   python3 scripts/bench-serve.py "${args[@]}"
 }
 
@@ -110,7 +116,9 @@ if want llama; then
     sleep 0.5
   done
   say "llama-server ready on 127.0.0.1:$P after $(( $(date +%s) - t0 ))s"
-  bench llama-server-q4_0 "http://127.0.0.1:$P" smollm2-q4_0 "$OUT_DIR/llama-server.json" \
+  LLAMA_BODY=
+  [ "$LLAMA_PROMPT_CACHE" = 0 ] && LLAMA_BODY='{"cache_prompt": false}'
+  bench llama-server-q4_0 "http://127.0.0.1:$P" smollm2-q4_0 "$OUT_DIR/llama-server.json" "$LLAMA_BODY" \
     || say "bench-serve.py reported failure for llama-server"
   [ -f "$OUT_DIR/llama-server.json" ] && RESULTS+=("$OUT_DIR/llama-server.json")
   stop_server
@@ -157,7 +165,7 @@ fi
 # --- one table ----------------------------------------------------------------------------------------
 [ ${#RESULTS[@]} -gt 0 ] || die "no results"
 {
-  echo "Serving benchmark $(date -Iseconds): $(nproc) cores, threads $THREADS, slots/batch $SLOTS, max_tokens $MAX_TOKENS, prompts $PROMPTS, levels $LEVELS"
+  echo "Serving benchmark $(date -Iseconds): $(nproc) cores, threads $THREADS, slots/batch $SLOTS, max_tokens $MAX_TOKENS, prompts $PROMPTS, levels $LEVELS, llama-server prompt cache $LLAMA_PROMPT_CACHE"
   echo
   python3 scripts/bench-serve.py --table "${RESULTS[@]}"
   [ -z "$AWQC_NOTE" ] || { echo; echo "note: $AWQC_NOTE"; }
