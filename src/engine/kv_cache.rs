@@ -421,14 +421,14 @@ impl KvCache {
         let n_blocks = self.blocks.len();
         let blocks = crate::engine::team::SendPtr(self.blocks.as_mut_ptr());
         crate::engine::team::par_for(seqs.len(), |i| {
-            for r in first[i]..first[i + 1] {
-                let bi = seqs[i].blocks[pos[r] / BLOCK_LEN];
+            for (r, &p) in pos.iter().enumerate().take(first[i + 1]).skip(first[i]) {
+                let bi = seqs[i].blocks[p / BLOCK_LEN];
                 assert!(bi < n_blocks, "write_rows: block {bi} of {n_blocks}");
                 // SAFETY: `bi` is in bounds (asserted); a block belongs to one sequence's table
                 // (`reserve` hands each out once, `release` takes it back), so no other task
                 // touches it, and `self` is borrowed mutably for the whole loop.
                 let (k, v) = kv(r);
-                write_block(l, pv, unsafe { &mut *blocks.get().add(bi) }, layer, pos[r] % BLOCK_LEN, k, v);
+                write_block(l, pv, unsafe { &mut *blocks.get().add(bi) }, layer, p % BLOCK_LEN, k, v);
             }
         });
     }
