@@ -558,7 +558,6 @@ impl HostLlama {
             first[i + 1] = first[i] + it.tokens.len();
         }
         let seqs: Vec<&SeqState> = items.iter().map(|it| &*it.seq).collect();
-        let pos: Vec<usize> = rows.iter().map(|r| r.1).collect();
         let scale = 1.0 / (d as f32).sqrt();
         let mut x = self.embed_rows(&ids);
         // RoPE's (cos, sin) per row, `[M, D/2]`: the same for every layer and head.
@@ -580,7 +579,7 @@ impl HostLlama {
                 crate::engine::team::par_chunks_mut(&mut qkv, wd, rope_row);
             }
             let qkv_ref = &qkv;
-            cache.write_rows(li, &seqs, &first, &pos, |r| (&qkv_ref[r * wd + qd..r * wd + qd + kd], &qkv_ref[r * wd + qd + kd..(r + 1) * wd]));
+            cache.write_rows(li, &seqs, &first, |r| (rows[r].1, &qkv_ref[r * wd + qd..r * wd + qd + kd], &qkv_ref[r * wd + qd + kd..(r + 1) * wd]));
             // Attention: one task per (item, KV head, chunk of ATT_ROWS rows) reads that head's
             // K/V in the cache and serves the G query heads of its rows (so a long prompt's rows
             // spread over the threads); row at position p sees keys 0..=p. Tasks are taken from

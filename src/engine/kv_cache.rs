@@ -409,25 +409,25 @@ impl KvCache {
     }
 
     /// [`KvCache::write`] for one layer's rows of several sequences, in parallel over the
-    /// sequences: sequence `i` gets rows `first[i]..first[i + 1]`, row `r` at position `pos[r]`
-    /// with K/V `kv(r)`. Host caches only.
+    /// sequences: sequence `i` gets rows `first[i]..first[i + 1]`, and `row(r)` is row `r`'s
+    /// `(position, K, V)`. Host caches only.
     ///
     /// A K row is a column of the transposed block (64 stores a cache line apart per KV head),
     /// so a batch's writes wait on memory; one thread doing all of them was 8% of a batch-16
     /// decode step on a 2-core machine (BENCHMARKS.md).
-    pub fn write_rows<'a>(&mut self, layer: usize, seqs: &[&SeqState], first: &[usize], pos: &[usize], kv: impl Fn(usize) -> (&'a [f32], &'a [f32]) + Sync) {
-        assert!(first.len() == seqs.len() + 1 && first[seqs.len()] <= pos.len(), "write_rows: {} sequences, {} bounds, {} positions", seqs.len(), first.len(), pos.len());
+    pub fn write_rows<'a>(&mut self, layer: usize, seqs: &[&SeqState], first: &[usize], row: impl Fn(usize) -> (usize, &'a [f32], &'a [f32]) + Sync) {
+        assert!(first.len() == seqs.len() + 1, "write_rows: {} sequences, {} bounds", seqs.len(), first.len());
         let (l, pv) = (self.layout, self.per_layer_values());
         let n_blocks = self.blocks.len();
         let blocks = crate::engine::team::SendPtr(self.blocks.as_mut_ptr());
         crate::engine::team::par_for(seqs.len(), |i| {
-            for (r, &p) in pos.iter().enumerate().take(first[i + 1]).skip(first[i]) {
+            for r in first[i]..first[i + 1] {
+                let (p, k, v) = row(r);
                 let bi = seqs[i].blocks[p / BLOCK_LEN];
                 assert!(bi < n_blocks, "write_rows: block {bi} of {n_blocks}");
                 // SAFETY: `bi` is in bounds (asserted); a block belongs to one sequence's table
                 // (`reserve` hands each out once, `release` takes it back), so no other task
                 // touches it, and `self` is borrowed mutably for the whole loop.
-                let (k, v) = kv(r);
                 write_block(l, pv, unsafe { &mut *blocks.get().add(bi) }, layer, p % BLOCK_LEN, k, v);
             }
         });
